@@ -1,0 +1,41 @@
+# `make test` and `make demo` work on a fresh machine: without an active
+# virtualenv they create .venv and install the project into it.
+ifdef VIRTUAL_ENV
+PYTHON := $(VIRTUAL_ENV)/bin/python
+SETUP_TARGET :=
+else
+PYTHON := .venv/bin/python
+SETUP_TARGET := .venv/.installed
+endif
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install test test-fast demo lint bench clean
+
+.venv/.installed: setup.py
+	test -x .venv/bin/python || python3 -m venv .venv
+	.venv/bin/pip install --upgrade pip
+	.venv/bin/pip install -e ".[test]"
+	touch $@
+
+install: $(SETUP_TARGET)
+ifdef VIRTUAL_ENV
+	$(PYTHON) -m pip install -e ".[test]"
+endif
+
+test: install
+	$(PYTHON) -m pytest -n 2 tests
+
+# Everything but the end-to-end runs marked slow.
+test-fast: install
+	$(PYTHON) -m pytest -n 2 -m "not slow" tests
+
+demo: install
+	$(PYTHON) -m tf_pacseg.demo --work_dir demo_work --output_dir demo_output
+
+lint: install
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+clean:
+	rm -rf demo_work demo_output .pytest_cache

@@ -1,0 +1,34 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="tf_pacseg",
+    version="0.1.0",
+    description=(
+        "Pyramid Atrous Convolution and Boundary-aware Loss for semantic "
+        "segmentation, in TensorFlow 2 / Keras 3"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tf_pacseg", "tf_pacseg.*"]),
+    # The scripts at the top of the repository are thin wrappers around these.
+    py_modules=["train", "evaluate", "predict"],
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.10,<4",
+        "numpy>=1.26,<3",
+        "opencv-python-headless>=4.9,<6",
+        "pillow>=10,<14",
+        "absl-py>=2.1,<3",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "jax[cpu]>=0.4.30", "tf-slim>=1.1", "ruff>=0.6"],
+    },
+    entry_points={
+        "console_scripts": [
+            "pacseg-train=train:run",
+            "pacseg-evaluate=evaluate:run",
+            "pacseg-predict=predict:run",
+        ]
+    },
+)

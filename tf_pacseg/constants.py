@@ -1,0 +1,71 @@
+"""Constants shared by the model, the data tools and the entry scripts."""
+
+# Label value that marks pixels excluded from the loss and the metrics.
+IGNORE_LABEL = 255
+
+NUM_CLASSES = 21
+
+# Mean RGB pixel of the training set; pads images where labels are padded with
+# IGNORE_LABEL, so padding looks like an average pixel to the network.
+MEAN_RGB = (123.15, 115.90, 103.06)
+
+# The discrete random-scale set of the training augmentation (0.5, 0.75, ..., 2.0).
+MIN_SCALE = 0.5
+MAX_SCALE = 2.0
+SCALE_STEP = 0.25
+
+BASE_ARCHITECTURES = ("resnet_v1_50", "resnet_v1_101", "resnet_v2_50", "resnet_v2_101")
+HEADS = ("pac", "aspp")
+OUTPUT_STRIDES = (8, 16)
+
+# TFRecord feature keys, as written by the original converter.
+IMAGE_ENCODED = "image/encoded"
+IMAGE_FORMAT = "image/format"
+IMAGE_HEIGHT = "image/height"
+IMAGE_WIDTH = "image/width"
+LABEL_ENCODED = "label/encoded"
+LABEL_FORMAT = "label/format"
+
+VOC_CLASS_NAMES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+
+
+def _voc_palette(num_colors=256):
+    """The PASCAL VOC colour map: bits of the class id spread over R, G, B."""
+    palette = []
+    for index in range(num_colors):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette.append((r, g, b))
+    return tuple(palette)
+
+
+# 256 entries so that any uint8 label (255 included) has a colour; 255 is
+# (224, 224, 192), the VOC "void" colour.
+VOC_PALETTE = _voc_palette()
