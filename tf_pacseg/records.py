@@ -29,8 +29,10 @@ def find_record_files(data_dir, split):
         FileNotFoundError: naming the directory and the file names looked for.
     """
     if split not in SPLITS:
-        raise ValueError(f"Invalid value for argument `split`. Expected one of {SPLITS}. "
-                         f"Received: split={split!r}")
+        raise ValueError(
+            f"Invalid value for argument `split`. Expected one of {SPLITS}. "
+            f"Received: split={split!r}"
+        )
     shards = sorted(glob.glob(os.path.join(data_dir, f"{split}-*-of-*.tfrecord")))
     if shards:
         return shards

@@ -13,9 +13,7 @@ def _interpolation_matrix(in_size, out_size):
     in_size_f = ops.cast(in_size, "float32")
     out_size_f = ops.cast(out_size, "float32")
     # TF1 uses scale = (in - 1) / (out - 1), and 0 for a single output pixel.
-    scale = ops.where(
-        out_size_f > 1.0, (in_size_f - 1.0) / ops.maximum(out_size_f - 1.0, 1.0), 0.0
-    )
+    scale = ops.where(out_size_f > 1.0, (in_size_f - 1.0) / ops.maximum(out_size_f - 1.0, 1.0), 0.0)
     source = ops.cast(ops.arange(out_size), "float32") * scale
     lower = ops.floor(source)
     fraction = source - lower
