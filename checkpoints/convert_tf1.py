@@ -1,0 +1,56 @@
+"""Converts a checkpoint of the original TF1 code into a Keras weights file.
+
+    python checkpoints/convert_tf1.py --checkpoint=model/model.ckpt-30000 \
+        --output_path=checkpoints/resnet_v1_101_pac_bal.weights.h5
+
+Writes the weights and, beside them, a .json of the architecture read from
+the checkpoint's variable names; evaluate.py and predict.py take either file.
+"""
+
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_string(
+    "checkpoint", None, "TF1 checkpoint prefix, or a directory holding a `checkpoint` file."
+)
+flags.DEFINE_string(
+    "output_path", None, "Where to write the Keras weights; must end in .weights.h5."
+)
+flags.DEFINE_enum(
+    "base_architecture",
+    None,
+    ["resnet_v1_50", "resnet_v1_101", "resnet_v2_50", "resnet_v2_101"],
+    "Override of the architecture read from the checkpoint (normally not needed).",
+)
+flags.DEFINE_integer(
+    "output_stride",
+    None,
+    "Output stride to store with the weights (8 or 16). The weights do not depend on "
+    "it; default: read from the checkpoint, 16 for PAC.",
+)
+flags.mark_flags_as_required(["checkpoint", "output_path"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    from tf_pacseg.saving import convert_tf1_checkpoint
+    from tf_pacseg.tf1_checkpoint import CheckpointMismatchError
+
+    try:
+        model, report = convert_tf1_checkpoint(
+            FLAGS.checkpoint,
+            FLAGS.output_path,
+            base_architecture=FLAGS.base_architecture,
+            output_stride=FLAGS.output_stride,
+        )
+    except (FileNotFoundError, ValueError, CheckpointMismatchError) as error:
+        sys.exit(f"convert_tf1.py: {error}")
+    print(report.summary())
+    print(f"architecture: {model.architecture()}")
+    print(f"wrote {FLAGS.output_path} ({model.count_params():,} parameters)")
+
+
+if __name__ == "__main__":
+    app.run(main)

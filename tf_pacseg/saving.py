@@ -1,0 +1,121 @@
+"""Weights files with their architecture, and loading a model from any source.
+
+A model on disk is `<stem>.weights.h5` (Keras weights) beside `<stem>.json`
+(the architecture). The converter writes that pair, and so does training,
+as `model.weights.h5` / `model.json` in its model_dir.
+"""
+
+import json
+import os
+
+from tf_pacseg import tf1_checkpoint
+from tf_pacseg.files import atomic_write
+from tf_pacseg.model import build_model
+
+WEIGHTS_SUFFIX = ".weights.h5"
+MODEL_STEM = "model"
+_FORMAT = "tf_pacseg"
+
+
+def architecture_path(weights_path):
+    """`x/model.weights.h5` -> `x/model.json`."""
+    if not weights_path.endswith(WEIGHTS_SUFFIX):
+        raise ValueError(
+            f"Invalid weights file name {weights_path!r}: it must end in {WEIGHTS_SUFFIX}."
+        )
+    return weights_path[: -len(WEIGHTS_SUFFIX)] + ".json"
+
+
+def save_model_weights(model, weights_path, **metadata):
+    """Writes the weights and the architecture JSON, each atomically."""
+    # Keras picks the format from the name, so the temporary file keeps the suffix.
+    tmp_path = weights_path[: -len(WEIGHTS_SUFFIX)] + ".partial" + WEIGHTS_SUFFIX
+    model.save_weights(tmp_path)
+    os.replace(tmp_path, weights_path)
+    description = {"format": _FORMAT, "architecture": model.architecture(), **metadata}
+    with atomic_write(architecture_path(weights_path), "w") as f:
+        json.dump(description, f, indent=2)
+
+
+def read_model_description(weights_path):
+    path = architecture_path(weights_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{weights_path!r} has no architecture file beside it: expected {path!r} "
+            "(written with the weights by checkpoints/convert_tf1.py and train.py)."
+        )
+    with open(path, encoding="utf-8") as f:
+        description = json.load(f)
+    if description.get("format") != _FORMAT or "architecture" not in description:
+        raise ValueError(f"{path!r} is not a tf_pacseg architecture file.")
+    return description
+
+
+def find_weights(path):
+    """The weights of `path`: a `.weights.h5` file, or `model.weights.h5` in a directory."""
+    if os.path.isdir(path):
+        candidate = os.path.join(path, MODEL_STEM + WEIGHTS_SUFFIX)
+        return candidate if os.path.isfile(candidate) else None
+    return path if path.endswith(WEIGHTS_SUFFIX) and os.path.isfile(path) else None
+
+
+def load_model(path, **overrides):
+    """Builds and loads a model from a weights file, a model_dir, or a TF1 checkpoint.
+
+    Args:
+        path: str. A `.weights.h5` file with its `.json`; a directory holding
+            `model.weights.h5` (a training run, a converter output); or an
+            original TF1 checkpoint (prefix, or directory with a `checkpoint`
+            file), converted on the fly with the architecture read from it.
+        **overrides: arguments of `build_model` replacing the stored ones,
+            e.g. `output_stride=8` (the weights do not depend on it).
+
+    Returns:
+        A `PACSegmenter` with the weights loaded.
+    """
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    weights = find_weights(path)
+    if weights is not None:
+        architecture = read_model_description(weights)["architecture"]
+        model = build_model(**{**architecture, **overrides})
+        model.load_weights(weights)
+        return model
+    if tf1_checkpoint.is_tf1_checkpoint(path):
+        architecture = tf1_checkpoint.read_architecture(path)
+        if architecture["head"] is None:
+            raise ValueError(
+                f"{path!r} is a backbone-only (ImageNet) checkpoint; it has no head to "
+                "segment with. Use it as --pre_trained_model for training."
+            )
+        model = build_model(**{**architecture, **overrides})
+        tf1_checkpoint.load_tf1_checkpoint(model, path)
+        return model
+    raise FileNotFoundError(
+        f"No model at {path!r}: expected a *.weights.h5 file (with its .json), a "
+        "directory holding model.weights.h5, or a TF1 checkpoint (prefix or directory "
+        "with a `checkpoint` file)."
+    )
+
+
+def convert_tf1_checkpoint(checkpoint, weights_path, **overrides):
+    """Converts an original TF1 checkpoint into `<stem>.weights.h5` + `<stem>.json`.
+
+    Returns:
+        (model, `tf1_checkpoint.LoadReport`).
+    """
+    if not weights_path.endswith(WEIGHTS_SUFFIX):
+        raise ValueError(
+            f"Invalid value for `output_path`: it must end in {WEIGHTS_SUFFIX}. "
+            f"Received: {weights_path!r}"
+        )
+    architecture = tf1_checkpoint.read_architecture(checkpoint)
+    if architecture["head"] is None:
+        raise ValueError(
+            f"{checkpoint!r} is a backbone-only (ImageNet) checkpoint. train.py reads it "
+            "directly: --pre_trained_model=<prefix>."
+        )
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    model = build_model(**{**architecture, **overrides})
+    report = tf1_checkpoint.load_tf1_checkpoint(model, checkpoint)
+    save_model_weights(model, weights_path, source=report.checkpoint)
+    return model, report
