@@ -115,6 +115,7 @@ def rescale(image, label, scale):
         (image, label): float32 (new_height, new_width, 3) and the label's
         dtype (new_height, new_width, 1).
     """
+    image, label = tf.convert_to_tensor(image), tf.convert_to_tensor(label)
     shape = tf.shape(image)
     scale = tf.cast(scale, tf.float32)
     # Truncation, as the original's to_int32(to_float(size) * scale).
@@ -184,6 +185,7 @@ def pad_to_size(image, label, height, width, ignore_label=constants.IGNORE_LABEL
         is exactly `MEAN_RGB` (as float32), and the label's dtype with
         `ignore_label` padding.
     """
+    image, label = tf.convert_to_tensor(image), tf.convert_to_tensor(label)
     _check_positive_int("height", height)
     _check_positive_int("width", width)
     _check_ignore_label(ignore_label)
@@ -215,6 +217,7 @@ def random_crop(image, label, height, width, seed):
     Returns:
         (image, label) of shapes (height, width, channels) and (height, width, 1).
     """
+    image, label = tf.convert_to_tensor(image), tf.convert_to_tensor(label)
     _check_positive_int("height", height)
     _check_positive_int("width", width)
     shape = tf.shape(image)
@@ -255,6 +258,7 @@ def random_flip(image, label, seed):
     Returns:
         (image, label), both flipped or neither.
     """
+    image, label = tf.convert_to_tensor(image), tf.convert_to_tensor(label)
     flip = tf.random.stateless_uniform([], seed=seed) < 0.5
     image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
     label = tf.cond(flip, lambda: tf.reverse(label, [1]), lambda: label)
