@@ -204,6 +204,10 @@ def load_tf1_checkpoint(model, path, backbone_only=False):
             skipped[name] = "training state"
         elif name.startswith(f"{model.base_architecture}/logits/"):
             skipped[name] = "ImageNet classifier"
+        elif name == f"{model.base_architecture}/conv1/biases":
+            # slim's ImageNet ResNet v2 has a root bias; the original's root
+            # conv has none and its initialisation drops it too.
+            skipped[name] = "ImageNet root bias"
         elif backbone_only and name.startswith("network/"):
             skipped[name] = "head/decoder (backbone_only)"
         elif name.startswith(scopes):
