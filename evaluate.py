@@ -14,25 +14,10 @@ import sys
 
 from absl import app, flags
 
-flags.DEFINE_string(
-    "model_dir",
-    None,
-    "The model: a training model_dir (holding model.weights.h5), a *.weights.h5 file "
-    "with its .json, or an original TF1 checkpoint (prefix, or a directory with a "
-    "`checkpoint` file).",
-)
-flags.DEFINE_enum(
-    "base_architecture",
-    None,
-    ["resnet_v1_50", "resnet_v1_101", "resnet_v2_50", "resnet_v2_101"],
-    "Override of the stored architecture (normally read from the model).",
-)
-flags.DEFINE_integer(
-    "output_stride",
-    None,
-    "Evaluate at this output stride (8 or 16) instead of the stored one; the weights "
-    "do not depend on it.",
-)
+from tf_pacseg.model_flags import define_model_flags, load_model_from_flags
+
+define_model_flags()
+
 flags.DEFINE_string(
     "data_dir",
     None,
@@ -69,7 +54,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from tf_pacseg import evaluation, saving
+    from tf_pacseg import evaluation
 
     try:
         scales = [float(s) for s in FLAGS.eval_scales]
@@ -82,11 +67,7 @@ def main(argv):
             FLAGS.label_data_dir,
             FLAGS.evaluation_data_list,
         )
-        model = saving.load_model(
-            FLAGS.model_dir,
-            base_architecture=FLAGS.base_architecture,
-            output_stride=FLAGS.output_stride,
-        )
+        model = load_model_from_flags()
         result = evaluation.evaluate(
             model,
             data_dir=FLAGS.data_dir,

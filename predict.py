@@ -13,13 +13,10 @@ import sys
 
 from absl import app, flags
 
-flags.DEFINE_string(
-    "model_dir",
-    None,
-    "The model: a training model_dir (holding model.weights.h5), a *.weights.h5 file "
-    "with its .json, or an original TF1 checkpoint (prefix, or a directory with a "
-    "`checkpoint` file).",
-)
+from tf_pacseg.model_flags import define_model_flags, load_model_from_flags
+
+define_model_flags()
+
 flags.DEFINE_string("input_dir", None, "Folder of the images to segment.")
 flags.DEFINE_string(
     "output_dir", None, "Folder for the results (created); not the input folder or inside it."
@@ -35,33 +32,17 @@ flags.DEFINE_enum(
 flags.DEFINE_float(
     "overlay_opacity", 0.5, "Weight of the colours in --output_format=overlay, in [0, 1]."
 )
-flags.DEFINE_enum(
-    "base_architecture",
-    None,
-    ["resnet_v1_50", "resnet_v1_101", "resnet_v2_50", "resnet_v2_101"],
-    "Override of the stored architecture (normally read from the model).",
-)
-flags.DEFINE_integer(
-    "output_stride",
-    None,
-    "Predict at this output stride (8 or 16) instead of the stored one; the weights "
-    "do not depend on it.",
-)
 flags.mark_flags_as_required(["model_dir", "input_dir", "output_dir"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
-    from tf_pacseg import prediction, saving
+    from tf_pacseg import prediction
 
     try:
         prediction.check_folders(FLAGS.input_dir, FLAGS.output_dir)  # Before the slow load.
-        model = saving.load_model(
-            FLAGS.model_dir,
-            base_architecture=FLAGS.base_architecture,
-            output_stride=FLAGS.output_stride,
-        )
+        model = load_model_from_flags()
         summary = prediction.predict_folder(
             model,
             FLAGS.input_dir,

@@ -11,24 +11,15 @@ import sys
 
 from absl import app, flags
 
+from tf_pacseg.model_flags import architecture_overrides, define_architecture_override_flags
+
 flags.DEFINE_string(
     "checkpoint", None, "TF1 checkpoint prefix, or a directory holding a `checkpoint` file."
 )
 flags.DEFINE_string(
     "output_path", None, "Where to write the Keras weights; must end in .weights.h5."
 )
-flags.DEFINE_enum(
-    "base_architecture",
-    None,
-    ["resnet_v1_50", "resnet_v1_101", "resnet_v2_50", "resnet_v2_101"],
-    "Override of the architecture read from the checkpoint (normally not needed).",
-)
-flags.DEFINE_integer(
-    "output_stride",
-    None,
-    "Output stride to store with the weights (8 or 16). The weights do not depend on "
-    "it; default: read from the checkpoint, 16 for PAC.",
-)
+define_architecture_override_flags()
 flags.mark_flags_as_required(["checkpoint", "output_path"])
 FLAGS = flags.FLAGS
 
@@ -42,8 +33,7 @@ def main(argv):
         model, report = convert_tf1_checkpoint(
             FLAGS.checkpoint,
             FLAGS.output_path,
-            base_architecture=FLAGS.base_architecture,
-            output_stride=FLAGS.output_stride,
+            **architecture_overrides(),
         )
     except (FileNotFoundError, ValueError, CheckpointMismatchError) as error:
         sys.exit(f"convert_tf1.py: {error}")

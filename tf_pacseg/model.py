@@ -142,24 +142,10 @@ class PACSegmenter(keras.Model):
         return cls(**config)
 
 
-def build_model(
-    base_architecture="resnet_v1_101",
-    head="pac",
-    output_stride=16,
-    num_classes=constants.NUM_CLASSES,
-    multi_grid=(1, 2, 4),
-    batch_norm_decay=0.9997,
-    weight_decay=1e-4,
-    **kwargs,
-):
-    """Builds a `PACSegmenter`; see its docstring for the arguments."""
-    return PACSegmenter(
-        base_architecture=base_architecture,
-        head=head,
-        output_stride=output_stride,
-        num_classes=num_classes,
-        multi_grid=multi_grid,
-        batch_norm_decay=batch_norm_decay,
-        weight_decay=weight_decay,
-        **kwargs,
-    )
+def build_model(base_architecture="resnet_v1_101", head="pac", **kwargs):
+    """Builds a `PACSegmenter`: `base_architecture`, `head`, then its keyword arguments.
+
+    Defaults: output_stride=16, num_classes=21, multi_grid=(1, 2, 4),
+    batch_norm_decay=0.9997, weight_decay=1e-4 (see `PACSegmenter`).
+    """
+    return PACSegmenter(base_architecture=base_architecture, head=head, **kwargs)
