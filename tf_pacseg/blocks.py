@@ -2,7 +2,7 @@
 
 import keras
 
-from tf_pacseg.layers import BatchNorm
+from tf_pacseg.layers import AtrousConv2D, BatchNorm
 
 
 class ConvBlocks:
@@ -51,26 +51,35 @@ class ConvBlocks:
         activation="relu",
         use_bias=False,
     ):
-        if stride > 1:
-            # TF1-slim's conv2d_same: pad explicitly so that even-sized inputs
-            # align as in the released weights, then a VALID convolution.
-            pad_total = kernel_size + (kernel_size - 1) * (rate - 1) - 1
-            pad = (pad_total // 2, pad_total - pad_total // 2)
-            x = keras.layers.ZeroPadding2D((pad, pad), name=f"{name}.pad")(x)
-            padding = "valid"
+        if rate > 1 and stride == 1 and not use_bias:
+            x = AtrousConv2D(
+                filters,
+                kernel_size,
+                dilation_rate=rate,
+                kernel_initializer=self.kernel_initializer,
+                kernel_regularizer=self.regularizer,
+                name=name,
+            )(x)
         else:
             padding = "same"
-        x = keras.layers.Conv2D(
-            filters,
-            kernel_size,
-            strides=stride,
-            padding=padding,
-            dilation_rate=rate,
-            use_bias=use_bias,
-            kernel_initializer=self.kernel_initializer,
-            kernel_regularizer=self.regularizer,
-            name=name,
-        )(x)
+            pad_total = kernel_size + (kernel_size - 1) * (rate - 1) - 1
+            if stride > 1 and pad_total:
+                # TF1-slim's conv2d_same: pad explicitly so that even-sized
+                # inputs align as in the released weights, then a VALID conv.
+                pad = (pad_total // 2, pad_total - pad_total // 2)
+                x = keras.layers.ZeroPadding2D((pad, pad), name=f"{name}.pad")(x)
+                padding = "valid"
+            x = keras.layers.Conv2D(
+                filters,
+                kernel_size,
+                strides=stride,
+                padding=padding,
+                dilation_rate=rate,
+                use_bias=use_bias,
+                kernel_initializer=self.kernel_initializer,
+                kernel_regularizer=self.regularizer,
+                name=name,
+            )(x)
         if batch_norm:
             x = self.batch_norm(x, f"{name}.BatchNorm")
         if activation:

@@ -29,8 +29,9 @@ def define_architecture_override_flags():
         "output_stride",
         None,
         [str(stride) for stride in constants.OUTPUT_STRIDES],
-        "Run at this output stride instead of the stored one (16 for PAC checkpoints); "
-        "the weights do not depend on it.",
+        "Run at this output stride instead of the stored one (TF1 PAC checkpoints: 16). "
+        "The weights do not depend on it, but TF1 ASPP checkpoints name their rates "
+        "(conv_3x3_6 at 16, conv_3x3_12 at 8), so they load only at their own.",
     )
 
 

@@ -28,12 +28,14 @@ def architecture_path(weights_path):
 
 def save_model_weights(model, weights_path, **metadata):
     """Writes the weights and the architecture JSON, each atomically."""
+    json_path = architecture_path(weights_path)  # Checks the suffix first.
+    os.makedirs(os.path.dirname(os.path.abspath(weights_path)), exist_ok=True)
     # Keras picks the format from the name, so the temporary file keeps the suffix.
     tmp_path = weights_path[: -len(WEIGHTS_SUFFIX)] + ".partial" + WEIGHTS_SUFFIX
     model.save_weights(tmp_path)
     os.replace(tmp_path, weights_path)
     description = {"format": _FORMAT, "architecture": model.architecture(), **metadata}
-    with atomic_write(architecture_path(weights_path), "w") as f:
+    with atomic_write(json_path, "w") as f:
         json.dump(description, f, indent=2)
 
 
@@ -76,25 +78,51 @@ def load_model(path, **overrides):
     overrides = {key: value for key, value in overrides.items() if value is not None}
     weights = find_weights(path)
     if weights is not None:
-        architecture = read_model_description(weights)["architecture"]
-        model = build_model(**{**architecture, **overrides})
-        model.load_weights(weights)
-        return model
-    if tf1_checkpoint.is_tf1_checkpoint(path):
-        architecture = tf1_checkpoint.read_architecture(path)
-        if architecture["head"] is None:
+        stored = read_model_description(weights)["architecture"]
+
+        def load(model):
+            model.load_weights(weights)
+
+    elif tf1_checkpoint.is_tf1_checkpoint(path):
+        stored = tf1_checkpoint.read_architecture(path)
+        if stored["head"] is None:
             raise ValueError(
                 f"{path!r} is a backbone-only (ImageNet) checkpoint; it has no head to "
                 "segment with. Use it as --pre_trained_model for training."
             )
-        model = build_model(**{**architecture, **overrides})
-        tf1_checkpoint.load_tf1_checkpoint(model, path)
-        return model
-    raise FileNotFoundError(
-        f"No model at {path!r}: expected a *.weights.h5 file (with its .json), a "
-        "directory holding model.weights.h5, or a TF1 checkpoint (prefix or directory "
-        "with a `checkpoint` file)."
+
+        def load(model):
+            tf1_checkpoint.load_tf1_checkpoint(model, path)
+
+    else:
+        raise FileNotFoundError(
+            f"No model at {path!r}: expected a *.weights.h5 file (with its .json), a "
+            "directory holding model.weights.h5, or a TF1 checkpoint (prefix or directory "
+            "with a `checkpoint` file)."
+        )
+    # Weights load into the layers they were saved from. Another output stride
+    # changes layers (strided vs dilated convs, ASPP's rate-named branches) but
+    # not the weights, which are then copied over in graph order.
+    output_stride = overrides.pop("output_stride", stored["output_stride"])
+    model = build_model(**{**stored, **overrides})
+    load(model)
+    if output_stride != model.output_stride:
+        target = build_model(**{**stored, **overrides, "output_stride": output_stride})
+        transfer_weights(model, target)
+        model = target
+    return model
+
+
+def transfer_weights(source, target):
+    """Copies weights between models that differ only in output stride."""
+    pairs = list(
+        zip(tf1_checkpoint.leaf_layers(source), tf1_checkpoint.leaf_layers(target), strict=True)
     )
+    for source_layer, target_layer in pairs:
+        for source_weight, target_weight in zip(
+            source_layer.weights, target_layer.weights, strict=True
+        ):
+            target_weight.assign(source_weight)
 
 
 def convert_tf1_checkpoint(checkpoint, weights_path, **overrides):

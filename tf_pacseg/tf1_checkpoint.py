@@ -140,17 +140,18 @@ def tf1_variable_map(model, backbone_only=False):
     """{TF1 variable name: Keras variable} for `model` (a `PACSegmenter`)."""
     root = model.backbone if backbone_only else model
     mapping = {}
-    for layer in _leaf_layers(root):
+    for layer in leaf_layers(root):
         scope = layer.name.replace(".", "/")
         for variable in layer.weights:
             mapping[f"{scope}/{_TF1_WEIGHT_NAMES[variable.name]}"] = variable
     return mapping
 
 
-def _leaf_layers(model):
+def leaf_layers(model):
+    """The layers holding weights, nested models flattened, in graph order."""
     for layer in model.layers:
         if hasattr(layer, "layers"):
-            yield from _leaf_layers(layer)
+            yield from leaf_layers(layer)
         elif layer.weights:
             yield layer
 

@@ -1,0 +1,270 @@
+"""Layers and conv blocks against NumPy / raw tf.nn references."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_pacseg.blocks import ConvBlocks
+from tf_pacseg.layers import BATCH_NORM_EPSILON, AtrousConv2D, BatchNorm, PyramidAtrousConv
+
+
+def _conv_block_model(in_channels, filters, kernel_size, stride=1, rate=1, **kwargs):
+    """A one-conv Keras model from ConvBlocks, and its conv layer."""
+    conv = ConvBlocks(0.0, 0.9, True, False, "glorot_uniform")
+    inputs = keras.Input((None, None, in_channels))
+    outputs = conv(inputs, filters, kernel_size, "c", stride=stride, rate=rate, **kwargs)
+    model = keras.Model(inputs, outputs)
+    return model, model.get_layer("c")
+
+
+def _random_kernel(rng, layer):
+    kernel = rng.normal(size=layer.kernel.shape).astype("float32")
+    layer.kernel.assign(kernel)
+    return kernel
+
+
+# --- strided convolution: TF1-slim's conv2d_same ---------------------------------
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3, 7])
+@pytest.mark.parametrize("size", [(8, 8), (9, 9), (10, 7), (13, 16), (1, 2)])
+def test_strided_conv_pads_explicitly_like_conv2d_same(kernel_size, size):
+    """Stride 2: pad (k - 1) // 2 before and the rest after, then VALID."""
+    rng = np.random.default_rng(kernel_size * 100 + size[0] * 10 + size[1])
+    x = rng.normal(size=(2, *size, 3)).astype("float32")
+    model, layer = _conv_block_model(3, 4, kernel_size, stride=2, batch_norm=False, activation=None)
+    kernel = _random_kernel(rng, layer)
+    before = (kernel_size - 1) // 2
+    after = kernel_size - 1 - before
+    padded = np.pad(x, [(0, 0), (before, after), (before, after), (0, 0)])
+    expected = tf.nn.conv2d(padded, kernel, strides=2, padding="VALID").numpy()
+    result = np.asarray(model(x))
+    assert result.shape == (2, -(-size[0] // 2), -(-size[1] // 2), 4)
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 7])
+def test_strided_conv_differs_from_tf_same_padding_only_on_even_sizes(kernel_size):
+    """Why the explicit padding matters: TF 'SAME' puts the extra pad at the
+    bottom/right on even inputs, shifting every output pixel by one input pixel."""
+    rng = np.random.default_rng(kernel_size)
+    model, layer = _conv_block_model(2, 3, kernel_size, stride=2, batch_norm=False, activation=None)
+    kernel = _random_kernel(rng, layer)
+    for size, same_alignment in [(9, True), (11, True), (8, False), (12, False)]:
+        x = rng.normal(size=(1, size, size, 2)).astype("float32")
+        tf_same = tf.nn.conv2d(x, kernel, strides=2, padding="SAME").numpy()
+        assert np.allclose(np.asarray(model(x)), tf_same, atol=1e-4) == same_alignment, size
+
+
+@pytest.mark.parametrize("rate", [1, 2, 4, 12])
+@pytest.mark.parametrize("size", [(5, 5), (8, 8), (9, 6)])
+def test_dilated_conv_uses_same_padding(rate, size):
+    """Stride 1 with dilation is TF 'SAME', also when the rate exceeds the map."""
+    rng = np.random.default_rng(rate * 10 + size[0])
+    x = rng.normal(size=(2, *size, 3)).astype("float32")
+    model, layer = _conv_block_model(3, 5, 3, rate=rate, batch_norm=False, activation=None)
+    kernel = _random_kernel(rng, layer)
+    expected = tf.nn.conv2d(x, kernel, strides=1, padding="SAME", dilations=rate).numpy()
+    np.testing.assert_allclose(np.asarray(model(x)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_block_is_conv_batch_norm_relu_in_inference():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 7, 6, 3)).astype("float32")
+    model, layer = _conv_block_model(3, 4, 3)
+    kernel = _random_kernel(rng, layer)
+    bn = model.get_layer("c.BatchNorm")
+    gamma, beta, mean = (rng.normal(size=4).astype("float32") for _ in range(3))
+    variance = rng.uniform(0.5, 2.0, 4).astype("float32")
+    bn.set_weights([gamma, beta, mean, variance])
+    conv = tf.nn.conv2d(x, kernel, strides=1, padding="SAME").numpy()
+    expected = np.maximum((conv - mean) / np.sqrt(variance + 1e-5) * gamma + beta, 0.0)
+    np.testing.assert_allclose(np.asarray(model(x, training=False)), expected, atol=1e-5)
+    assert not layer.use_bias
+
+
+# --- PyramidAtrousConv ------------------------------------------------------------
+
+
+def _pac_reference(x, kernel, rates):
+    """(conv(x, W, 1) + sum_r conv(x, W, r)) / len(rates), as in the original."""
+    total = tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
+    for rate in rates:
+        total += tf.nn.conv2d(x, kernel, strides=1, padding="SAME", dilations=rate)
+    return (total / len(rates)).numpy()
+
+
+@pytest.mark.parametrize(
+    "rates",
+    [(1, 3, 5, 7, 9), (2,), (1,), (1, 2, 4), (3, 3), (6, 12, 18)],
+    ids=lambda rates: "-".join(map(str, rates)),
+)
+@pytest.mark.parametrize("size", [(5, 7), (12, 12), (13, 4)])
+def test_pyramid_atrous_conv_matches_shared_kernel_formula(rates, size):
+    rng = np.random.default_rng(len(rates) * 10 + size[0])
+    x = rng.normal(size=(2, *size, 6)).astype("float32")
+    layer = PyramidAtrousConv(4, rates=rates)
+    layer.build(x.shape)
+    kernel = rng.normal(size=(3, 3, 6, 4)).astype("float32")
+    layer.kernel.assign(kernel)
+    expected = _pac_reference(x, kernel, rates)
+    np.testing.assert_allclose(np.asarray(layer(x)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pyramid_atrous_conv_default_counts_rate_one_twice_over_five():
+    """The released weights' quirk: six convolutions divided by five."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(1, 11, 10, 3)).astype("float32")
+    layer = PyramidAtrousConv(2)
+    assert layer.rates == (1, 3, 5, 7, 9)
+    layer.build(x.shape)
+    kernel = layer.kernel.numpy()
+    convs = {r: tf.nn.conv2d(x, kernel, 1, "SAME", dilations=r).numpy() for r in (1, 3, 5, 7, 9)}
+    expected = (2 * convs[1] + convs[3] + convs[5] + convs[7] + convs[9]) / 5
+    np.testing.assert_allclose(np.asarray(layer(x)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pyramid_atrous_conv_has_one_shared_kernel():
+    layer = PyramidAtrousConv(7, rates=(1, 2, 3))
+    assert layer.compute_output_shape((None, 9, 9, 5)) == (None, 9, 9, 7)
+    layer.build((None, 9, 9, 5))
+    assert [tuple(w.shape) for w in layer.weights] == [(3, 3, 5, 7)]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"filters": 0}, r"Received filters=0"),
+        ({"filters": -3}, r"Received filters=-3"),
+        ({"filters": 4, "rates": ()}, r"Received rates=\(\)"),
+        ({"filters": 4, "rates": (1, 0)}, r"Received rates=\(1, 0\)"),
+        ({"filters": 4, "rates": (3, -2)}, r"Received rates=\(3, -2\)"),
+    ],
+)
+def test_pyramid_atrous_conv_rejects_invalid_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PyramidAtrousConv(**kwargs)
+
+
+def test_pyramid_atrous_conv_config_round_trip_gives_same_outputs():
+    x = np.random.default_rng(7).normal(size=(1, 6, 6, 3)).astype("float32")
+    layer = PyramidAtrousConv(4, rates=(2, 4), kernel_regularizer=keras.regularizers.L2(0.5))
+    layer(x)
+    clone = PyramidAtrousConv.from_config(layer.get_config())
+    clone.build(x.shape)
+    clone.set_weights(layer.get_weights())
+    assert clone.rates == (2, 4) and clone.filters == 4
+    assert clone.kernel_regularizer.get_config() == {"l2": 0.5}
+    np.testing.assert_array_equal(np.asarray(clone(x)), np.asarray(layer(x)))
+
+
+# --- BatchNorm ----------------------------------------------------------------------
+
+
+def _random_batch_norm(rng, channels, **kwargs):
+    layer = BatchNorm(**kwargs)
+    layer.build((None, None, None, channels))
+    gamma = rng.uniform(0.5, 1.5, channels).astype("float32")
+    beta = rng.normal(size=channels).astype("float32")
+    mean = rng.normal(size=channels).astype("float32")
+    # Small variances, so that epsilon 1e-5 vs Keras' default 1e-3 is visible.
+    variance = rng.uniform(1e-4, 1e-3, channels).astype("float32")
+    layer.set_weights([gamma, beta, mean, variance])
+    return layer, (gamma, beta, mean, variance)
+
+
+def test_batch_norm_inference_uses_moving_statistics_and_epsilon_1e_5():
+    rng = np.random.default_rng(8)
+    layer, (gamma, beta, mean, variance) = _random_batch_norm(rng, 5)
+    assert layer.epsilon == BATCH_NORM_EPSILON == 1e-5
+    x = (mean + rng.normal(size=(2, 4, 3, 5)) * 0.02).astype("float32")
+    expected = (x - mean) / np.sqrt(variance + 1e-5) * gamma + beta
+    np.testing.assert_allclose(np.asarray(layer(x, training=False)), expected, rtol=1e-4, atol=1e-4)
+    with_keras_epsilon = (x - mean) / np.sqrt(variance + 1e-3) * gamma + beta
+    assert not np.allclose(with_keras_epsilon, expected, rtol=1e-2)
+
+
+def test_batch_norm_training_uses_batch_statistics_and_updates_moving_ones():
+    rng = np.random.default_rng(9)
+    layer, (gamma, beta, mean, variance) = _random_batch_norm(rng, 3, momentum=0.95)
+    x = rng.normal(2.0, 3.0, size=(4, 6, 5, 3)).astype("float32")
+    batch_mean = x.mean(axis=(0, 1, 2))
+    batch_variance = x.var(axis=(0, 1, 2))
+    expected = (x - batch_mean) / np.sqrt(batch_variance + 1e-5) * gamma + beta
+    np.testing.assert_allclose(np.asarray(layer(x, training=True)), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        layer.moving_mean.numpy(), 0.95 * mean + 0.05 * batch_mean, rtol=1e-5, atol=1e-6
+    )
+    # TF1's fused batch norm feeds the Bessel-corrected variance (n / (n - 1))
+    # into the average; over n = 120 values the two differ by < 1e-3 here.
+    np.testing.assert_allclose(
+        layer.moving_variance.numpy(), 0.95 * variance + 0.05 * batch_variance, rtol=1e-3
+    )
+
+
+def test_batch_norm_without_batch_statistics_keeps_moving_stats_in_training():
+    rng = np.random.default_rng(10)
+    layer, (gamma, beta, mean, variance) = _random_batch_norm(rng, 3, use_batch_statistics=False)
+    x = rng.normal(2.0, 3.0, size=(4, 6, 5, 3)).astype("float32")
+    with tf.GradientTape() as tape:
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(y * y)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(layer(x, training=False)), rtol=1e-6)
+    np.testing.assert_array_equal(layer.moving_mean.numpy(), mean)
+    np.testing.assert_array_equal(layer.moving_variance.numpy(), variance)
+    # gamma and beta still train (what Keras' trainable=False would also freeze).
+    gradients = tape.gradient(loss, [layer.gamma, layer.beta])
+    assert all(np.abs(g.numpy()).min() > 0 for g in gradients)
+
+
+def test_batch_norm_config_round_trip_keeps_flag_and_epsilon():
+    layer = BatchNorm(use_batch_statistics=False, momentum=0.9997)
+    clone = BatchNorm.from_config(layer.get_config())
+    assert clone.use_batch_statistics is False
+    assert clone.epsilon == 1e-5 and clone.momentum == 0.9997
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+@pytest.mark.parametrize("rate", [1, 3, 7])
+def test_atrous_conv2d_equals_dilated_conv_and_its_gradients(kernel_size, rate):
+    rng = np.random.default_rng(kernel_size * 10 + rate)
+    x = tf.constant(rng.normal(size=(2, 6, 9, 4)).astype("float32"))
+    layer = AtrousConv2D(3, kernel_size, dilation_rate=rate)
+    layer.build(x.shape)
+    kernel = layer.kernel.value
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours = layer(x)
+        # The space-to-batch formulation: TF's CPU conv kernels have no dilated gradient.
+        theirs = tf.nn.atrous_conv2d(x, kernel, rate, padding="SAME")
+        ours_sum, theirs_sum = tf.reduce_sum(ours**2), tf.reduce_sum(theirs**2)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(
+        tape.gradient(ours_sum, [x, kernel]), tape.gradient(theirs_sum, [x, kernel]), strict=True
+    ):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"filters": 0}, "Received filters=0"),
+        ({"filters": 4, "kernel_size": 2}, "Received kernel_size=2"),
+        ({"filters": 4, "dilation_rate": 0}, "Received dilation_rate=0"),
+    ],
+)
+def test_atrous_conv2d_rejects_invalid_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AtrousConv2D(**kwargs)
+
+
+def test_atrous_conv2d_config_round_trip():
+    layer = AtrousConv2D(4, 3, dilation_rate=6, name="a.b")
+    restored = AtrousConv2D.from_config(layer.get_config())
+    assert (restored.filters, restored.kernel_size, restored.dilation_rate, restored.name) == (
+        4,
+        3,
+        6,
+        "a.b",
+    )
