@@ -18,7 +18,7 @@ flags.DEFINE_string("work_dir", "demo_work", "Dataset, records and the training 
 flags.DEFINE_string("output_dir", "demo_output", "Colour masks and metrics.json.")
 flags.DEFINE_integer("num_train", 48, "Synthetic training images.")
 flags.DEFINE_integer("num_val", 12, "Synthetic validation images.")
-flags.DEFINE_integer("train_epochs", 12, "Training epochs.")
+flags.DEFINE_integer("train_epochs", 15, "Training epochs.")
 flags.DEFINE_float(
     "min_miou", 0.8, "Exit non-zero when the validation mIoU ends below this (0 to disable)."
 )
@@ -32,9 +32,9 @@ _TRAIN_SETTINGS = dict(
     loss="bal",
     output_stride=8,
     units_per_block=(1, 1, 1, 1),
-    batch_size=8,
-    input_height=97,
-    input_width=97,
+    batch_size=4,
+    input_height=65,
+    input_width=65,
     initial_learning_rate=0.02,
     pre_trained_model="",
     num_gpu=0,
@@ -72,12 +72,14 @@ def main(argv):
         data_dir=records_dir,
         model_dir=model_dir,
         train_epochs=FLAGS.train_epochs,
+        # The poly schedule decays to 0 over this run, not the original's 30000 steps.
+        max_iter=FLAGS.train_epochs * (FLAGS.num_train // _TRAIN_SETTINGS["batch_size"]),
         **_TRAIN_SETTINGS,
     )
     trainer.train(config)
     print("[4/5] evaluating on the synthetic val split")
     model = saving.load_model(model_dir)
-    result = evaluation.evaluate(model, data_dir=records_dir, batch_size=4, crop_size=(97, 97))
+    result = evaluation.evaluate(model, data_dir=records_dir, batch_size=4, crop_size=(65, 65))
     print(evaluation.format_result(result))
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     evaluation.write_result_json(result, os.path.join(FLAGS.output_dir, "metrics.json"))
