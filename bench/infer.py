@@ -35,7 +35,9 @@ def main(argv):
 
     import tf_pacseg
 
-    model = tf_pacseg.build_model(FLAGS.base_architecture, FLAGS.head, FLAGS.output_stride)
+    model = tf_pacseg.build_model(
+        FLAGS.base_architecture, FLAGS.head, output_stride=FLAGS.output_stride
+    )
     forward = _compiled_forward(model, FLAGS.jit_compile)
     images = np.random.default_rng(0).uniform(
         0, 255, (FLAGS.batch_size, FLAGS.height, FLAGS.width, 3)
