@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import randomize_weights
 
 from tf_pacseg.backbones import UNITS_PER_BLOCK, ResNetBackbone, unit_strides_and_rates
 
@@ -91,35 +92,14 @@ def test_backbone_rejects_invalid_arguments(kwargs, match):
         ResNetBackbone(**{"base_architecture": "resnet_v1_50", **kwargs})
 
 
-def _randomize(backbone, seed):
-    """He-normal kernels (residual conv3 x0.35) and non-trivial BN statistics."""
-    rng = np.random.default_rng(seed)
-    values = []
-    for weight in backbone.weights:
-        path, shape = weight.path, tuple(weight.shape)
-        if path.endswith("moving_variance"):
-            value = rng.uniform(0.5, 2.0, shape)
-        elif path.endswith("gamma"):
-            value = rng.uniform(0.5, 1.5, shape)
-        elif path.endswith(("beta", "moving_mean", "bias")):
-            value = rng.normal(0.0, 0.1, shape)
-        else:
-            value = rng.normal(0.0, math.sqrt(2.0 / np.prod(shape[:-1])), shape)
-            if ".conv3" in path:
-                value *= 0.35
-        values.append(value.astype("float32"))
-    return values
-
-
 @pytest.fixture(scope="module", params=ARCHITECTURES)
 def backbones_at_8_and_16(request):
     """The same weights at output stride 8 and 16 (the weights do not depend on it)."""
     units = (1, 2, 1, 2)  # block2 holds the stride that OS8 trades for dilation
     at_16 = ResNetBackbone(request.param, output_stride=16, units_per_block=units)
     at_8 = ResNetBackbone(request.param, output_stride=8, units_per_block=units)
-    weights = _randomize(at_16, seed=len(request.param))
-    at_16.set_weights(weights)
-    at_8.set_weights(weights)
+    randomize_weights(at_16, seed=len(request.param), residual_scale=0.35)
+    at_8.set_weights(at_16.get_weights())
     return at_8, at_16
 
 

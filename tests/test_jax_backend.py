@@ -1,7 +1,6 @@
 """The model on the JAX backend: TF-saved weights give the same logits."""
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import randomize_weights
 
 from tf_pacseg import build_model
 from tf_pacseg.saving import save_model_weights
@@ -41,28 +41,11 @@ JAX_SCRIPT = textwrap.dedent(
 )
 
 
-def _randomize(model, seed):
-    rng = np.random.default_rng(seed)
-    values = []
-    for weight in model.weights:
-        path, shape = weight.path, tuple(weight.shape)
-        if path.endswith("moving_variance"):
-            value = rng.uniform(0.5, 2.0, shape)
-        elif path.endswith("gamma"):
-            value = rng.uniform(0.5, 1.5, shape)
-        elif path.endswith(("beta", "moving_mean")):
-            value = rng.normal(0.0, 0.1, shape)
-        else:
-            value = rng.normal(0.0, math.sqrt(2.0 / np.prod(shape[:-1])), shape)
-        values.append(value.astype("float32"))
-    model.set_weights(values)
-
-
 @pytest.mark.slow
 def test_jax_backend_reproduces_tensorflow_logits_from_saved_weights(tmp_path):
     # PAC carries the custom layers (PyramidAtrousConv, BatchNorm, ResizeLike).
     model = build_model("resnet_v1_50", "pac", num_classes=9, units_per_block=(1, 1, 1, 1))
-    _randomize(model, seed=4)
+    randomize_weights(model, seed=4)
     weights = os.fspath(tmp_path / "model.weights.h5")
     save_model_weights(model, weights)
     images = np.random.default_rng(5).uniform(0.0, 255.0, (2, 21, 30, 3)).astype("float32")

@@ -1,9 +1,6 @@
 """Tests of tf_pacseg.losses against an independent TF1-graph reference of BAL."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -11,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import run_python
 
 from tf_pacseg.losses import (
     BoundaryAwareLoss,
@@ -291,32 +289,10 @@ _JAX_SCRIPT = textwrap.dedent(
 )
 
 
-def _run_subprocess(script, args, backend):
-    # CPU only: skips probing for accelerators, and a GPU could run in TF32.
-    env = dict(
-        os.environ,
-        KERAS_BACKEND=backend,
-        TF_CPP_MIN_LOG_LEVEL="3",
-        CUDA_VISIBLE_DEVICES="",
-        JAX_PLATFORMS="cpu",
-    )
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    result = subprocess.run(
-        [sys.executable, "-c", script, *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
 def test_jax_backend_gives_the_same_loss(tmp_path):
     labels, logits = _case(10, 2, 17, 23, 21, "blocky")
     np.savez(tmp_path / "inputs.npz", labels=labels, logits=logits)
-    _run_subprocess(_JAX_SCRIPT, [str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")], "jax")
+    run_python(_JAX_SCRIPT, [str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")], "jax")
     out = np.load(tmp_path / "out.npz")
 
     weights = keras.ops.convert_to_numpy(boundary_aware_weights(labels))
@@ -367,7 +343,7 @@ _MIRRORED_SCRIPT = textwrap.dedent(
 def test_loss_class_scales_by_replicas_under_mirrored_strategy(tmp_path):
     labels, logits = _case(11, 2, 17, 23, 21, "blocky")
     np.savez(tmp_path / "inputs.npz", labels=labels, logits=logits)
-    result = _run_subprocess(_MIRRORED_SCRIPT, [str(tmp_path / "inputs.npz")], "tensorflow")
+    result = run_python(_MIRRORED_SCRIPT, [str(tmp_path / "inputs.npz")], "tensorflow")
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["replicas"] == 2
     np.testing.assert_allclose(report["raw"], report["expected"], rtol=1e-6)

@@ -1,9 +1,6 @@
 """Tests of tf_pacseg.metrics against NumPy references."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -11,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import run_python
 
 from tf_pacseg.metrics import (
     ConfusionMatrix,
@@ -156,28 +154,6 @@ def test_metric_in_compiled_model_evaluate():
     assert logs["mean_iou"] == pytest.approx(expected, rel=1e-6)
 
 
-def _run_subprocess(script, args, backend):
-    # CPU only: skips probing for accelerators.
-    env = dict(
-        os.environ,
-        KERAS_BACKEND=backend,
-        TF_CPP_MIN_LOG_LEVEL="3",
-        CUDA_VISIBLE_DEVICES="",
-        JAX_PLATFORMS="cpu",
-    )
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    result = subprocess.run(
-        [sys.executable, "-c", script, *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 _MIRRORED_SCRIPT = textwrap.dedent(
     """
     import json
@@ -218,7 +194,11 @@ _MIRRORED_SCRIPT = textwrap.dedent(
 def test_metric_sums_over_replicas_of_a_mirrored_strategy(tmp_path):
     labels, predictions = _data(5, shape=(4, 8, 8))
     np.savez(tmp_path / "inputs.npz", labels=labels, predictions=predictions)
-    report = _run_subprocess(_MIRRORED_SCRIPT, [str(tmp_path / "inputs.npz")], "tensorflow")
+    report = json.loads(
+        run_python(_MIRRORED_SCRIPT, [tmp_path / "inputs.npz"], "tensorflow")
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     assert report["replicas"] == 2
     # Each replica saw its half twice.
     expected = 2 * _reference(labels, predictions, 5)
@@ -253,7 +233,9 @@ _JAX_SCRIPT = textwrap.dedent(
 def test_confusion_matrix_under_jax_jit(tmp_path):
     labels, predictions = _data(6)
     np.savez(tmp_path / "inputs.npz", labels=labels, predictions=predictions)
-    report = _run_subprocess(_JAX_SCRIPT, [str(tmp_path / "inputs.npz")], "jax")
+    report = json.loads(
+        run_python(_JAX_SCRIPT, [tmp_path / "inputs.npz"], "jax").stdout.strip().splitlines()[-1]
+    )
     expected = _reference(labels, predictions, 5)
     np.testing.assert_array_equal(report["matrix"], expected)
     np.testing.assert_array_equal(report["metric"], expected)

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import randomize_weights
 
 import tf_pacseg
 from tf_pacseg import PACSegmenter, build_model
@@ -16,32 +17,15 @@ from tf_pacseg.saving import load_model, save_model_weights
 TINY = (1, 1, 1, 1)
 
 
-def _randomize(model, seed=0):
-    """Random kernels and non-trivial BN statistics, so that outputs tell weights apart."""
-    rng = np.random.default_rng(seed)
-    values = []
-    for weight in model.weights:
-        path, shape = weight.path, tuple(weight.shape)
-        if path.endswith("moving_variance"):
-            value = rng.uniform(0.5, 2.0, shape)
-        elif path.endswith("gamma"):
-            value = rng.uniform(0.5, 1.5, shape)
-        elif path.endswith(("beta", "moving_mean", "bias")):
-            value = rng.normal(0.0, 0.1, shape)
-        else:
-            value = rng.normal(0.0, math.sqrt(2.0 / np.prod(shape[:-1])), shape)
-        values.append(value.astype("float32"))
-    model.set_weights(values)
-    return model
-
-
 def _images(shape, seed=0):
     return np.random.default_rng(seed).uniform(0.0, 255.0, shape).astype("float32")
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    return _randomize(build_model("resnet_v1_50", "pac", units_per_block=TINY, num_classes=5))
+    return randomize_weights(
+        build_model("resnet_v1_50", "pac", units_per_block=TINY, num_classes=5)
+    )
 
 
 # --- shapes and dtypes --------------------------------------------------------------
@@ -165,7 +149,7 @@ def test_load_model_override_output_stride_reuses_pac_weights(tiny_model, tmp_pa
 def test_load_model_override_output_stride_keeps_aspp_branch_order(tmp_path):
     """ASPP at OS8 is the OS16 network with doubled rates: branch k keeps its kernel
     (conv_3x3_6 -> conv_3x3_12, 12 -> 24, 18 -> 36)."""
-    at_16 = _randomize(build_model("resnet_v2_50", "aspp", units_per_block=TINY), seed=3)
+    at_16 = randomize_weights(build_model("resnet_v2_50", "aspp", units_per_block=TINY), seed=3)
     weights = os.fspath(tmp_path / "aspp.weights.h5")
     save_model_weights(at_16, weights)
     at_8 = load_model(weights, output_stride=8)
@@ -196,7 +180,7 @@ def test_save_model_weights_rejects_a_name_without_the_suffix_and_writes_nothing
 
 
 def test_fine_tune_batch_norm_false_keeps_all_moving_statistics():
-    model = _randomize(
+    model = randomize_weights(
         build_model("resnet_v2_50", "aspp", units_per_block=TINY, fine_tune_batch_norm=False)
     )
     before = {w.path: np.asarray(w) for w in model.non_trainable_weights}

@@ -1,0 +1,59 @@
+"""Shared test utilities: random non-trivial weights and backend subprocesses."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def randomize_weights(model, seed=0, residual_scale=1.0):
+    """He-normal kernels and non-trivial BatchNorm statistics, so outputs tell weights apart.
+
+    `residual_scale` multiplies the kernels of the residual units' last conv
+    (`conv3`), keeping activations moderate through deep backbones.
+    """
+    rng = np.random.default_rng(seed)
+    values = []
+    for weight in model.weights:
+        path, shape = weight.path, tuple(weight.shape)
+        if path.endswith("moving_variance"):
+            value = rng.uniform(0.5, 2.0, shape)
+        elif path.endswith("gamma"):
+            value = rng.uniform(0.5, 1.5, shape)
+        elif path.endswith(("beta", "moving_mean", "bias")):
+            value = rng.normal(0.0, 0.1, shape)
+        else:
+            value = rng.normal(0.0, math.sqrt(2.0 / np.prod(shape[:-1])), shape)
+            if ".conv3" in path:
+                value *= residual_scale
+        values.append(value.astype("float32"))
+    model.set_weights(values)
+    return model
+
+
+def run_python(script, args, backend, timeout=300):
+    """Runs `python -c script args` on a fresh Keras `backend`, CPU only; asserts success."""
+    # CPU only: skips probing for accelerators, and a GPU could compute in TF32.
+    env = dict(
+        os.environ,
+        KERAS_BACKEND=backend,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        CUDA_VISIBLE_DEVICES="",
+        JAX_PLATFORMS="cpu",
+    )
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
