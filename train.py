@@ -20,6 +20,7 @@ be a path all workers can read), e.g. on the second of two workers:
                 "task": {"type": "worker", "index": 1}}' python train.py ...
 """
 
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
@@ -139,8 +140,8 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "save_checkpoints_steps",
     1000,
-    "Checkpoint (and model.weights.h5) every this many steps; also on SIGINT/SIGTERM and "
-    "at the end.",
+    "Checkpoint (and model.weights.h5) every this many steps; also before each "
+    "evaluation, on SIGINT/SIGTERM and at the end.",
 )
 flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints kept in --model_dir.")
 flags.DEFINE_integer(
@@ -205,6 +206,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.INFO)
+    # TensorFlow's own INFO records (saver, SavedModel internals) drown the progress lines.
+    std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
     from tf_pacseg import trainer
 
     try:

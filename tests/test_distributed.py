@@ -27,8 +27,39 @@ _TINY_FLAGS = [
 ]
 
 
-def _compare_one_and_two_replicas(fine_tune_batch_norm, sync_batch_norm, dtype):
-    """Runs 2 steps on one global batch with 1 and 2 replicas; returns the differences."""
+def _sync_batch_norm_model(num_classes):
+    """A small conv net with synchronised BatchNorm, standing in for the segmenter.
+
+    Tracing the real network's ~25 synchronised BatchNorms over two replicas
+    takes minutes on 2 CPU cores; two suffice to pin the gradient path.
+    """
+    import keras
+
+    regularizer = keras.regularizers.L2(5e-5)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(2.0 / 255.0, offset=-1.0)(inputs)
+    for _ in range(2):
+        x = keras.layers.Conv2D(
+            8, 3, padding="same", use_bias=False, kernel_regularizer=regularizer
+        )(x)
+        x = keras.layers.BatchNormalization(synchronized=True)(x)
+        x = keras.layers.ReLU()(x)
+    logits = keras.layers.Conv2D(num_classes, 1, kernel_regularizer=regularizer)(x)
+    model = keras.Model(inputs, logits)
+    # What TrainStep reads of a PACSegmenter.
+    model.num_classes, model.fine_tune_batch_norm, model.sync_batch_norm = num_classes, True, True
+    return model
+
+
+def _compare_one_and_two_replicas(case):
+    """Runs 2 steps on one global batch with 1 and 2 replicas; returns the differences.
+
+    Args:
+        case: "frozen_batch_norm" (the tiny segmenter, fine_tune_batch_norm=False,
+            float32) or "sync_batch_norm" (`_sync_batch_norm_model`, float64:
+            Keras' synchronised variance E[x²] - E[x]² is ill-conditioned
+            enough in float32 that summation order alone moves updates ~1%).
+    """
     import numpy as np
 
     from tf_pacseg import distribute
@@ -45,20 +76,22 @@ def _compare_one_and_two_replicas(fine_tune_batch_norm, sync_batch_norm, dtype):
         base_architecture="resnet_v1_50",
         units_per_block=(1, 1, 1, 1),
         num_classes=5,
-        fine_tune_batch_norm=fine_tune_batch_norm,
-        sync_batch_norm=sync_batch_norm,
+        fine_tune_batch_norm=False,
         initial_learning_rate=0.01,
         max_iter=10,
     )
-    keras.config.set_dtype_policy(dtype)
+    keras.config.set_dtype_policy("float64" if case == "sync_batch_norm" else "float32")
     keras.utils.set_random_seed(0)
     runs = {}
     for name, strategy in (("one", one), ("two", two)):
         with strategy.scope():
-            model = trainer.build_training_model(config)
+            if case == "sync_batch_norm":
+                model = _sync_batch_norm_model(config.num_classes)
+            else:
+                model = trainer.build_training_model(config)
+                # Dropout draws differ per replica; it is not what is compared.
+                model.get_layer("network.dropout").rate = 0.0
             optimizer = trainer.build_optimizer(config)
-        # Dropout draws differ per replica: switch it off, it is not what is compared.
-        model.get_layer("network.dropout").rate = 0.0
         runs[name] = (strategy, model, optimizer)
     runs["two"][1].set_weights(runs["one"][1].get_weights())
 
@@ -88,22 +121,41 @@ def _compare_one_and_two_replicas(fine_tune_batch_norm, sync_batch_norm, dtype):
     return {"weights": weights_error, "updates": updates_error, "losses": losses}
 
 
+def _overflow_on_one_replica():
+    """`agree_on_overflow` with an inf on the second of two replicas only."""
+    from tf_pacseg import distribute
+
+    distribute.configure_logical_cpus(2)
+    import tensorflow as tf
+
+    from tf_pacseg import trainer
+
+    strategy = distribute.create_strategy(devices=["/cpu:0", "/cpu:1"])
+
+    def replica_fn():
+        context = tf.distribute.get_replica_context()
+        second = tf.cast(context.replica_id_in_sync_group, tf.float32)
+        gradients = [tf.ones([3]), tf.fill([2], 1.0 / (1.0 - second)), None]  # inf on replica 1.
+        agreed = trainer.agree_on_overflow(gradients, context)
+        return tf.reduce_all(tf.math.is_finite(agreed[0])), tf.reduce_all(
+            tf.math.is_finite(agreed[1])
+        )
+
+    outputs = tf.function(lambda: strategy.run(replica_fn))()
+    return {"finite": [bool(v) for x in outputs for v in strategy.experimental_local_results(x)]}
+
+
+def test_an_overflow_on_one_replica_reaches_every_replica():
+    command = [sys.executable, __file__, "overflow"]
+    process = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=_REPO)
+    assert process.returncode == 0, process.stderr[-5000:]
+    assert json.loads(process.stdout.strip().splitlines()[-1]) == {"finite": [False] * 4}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "fine_tune_batch_norm, sync_batch_norm, dtype",
-    [
-        (False, False, "float32"),
-        # Synchronised batch statistics of this tiny random network are
-        # ill-conditioned in float32 (Keras computes E[x²] - E[x]², and a
-        # different summation order moves updates by ~1%); float64 shows the
-        # scaling itself is exact (~1e-8).
-        (True, True, "float64"),
-    ],
-    ids=["frozen_batch_norm", "sync_batch_norm"],
-)
-def test_two_replicas_make_the_update_of_one_replica(fine_tune_batch_norm, sync_batch_norm, dtype):
-    flags = [str(int(fine_tune_batch_norm)), str(int(sync_batch_norm)), dtype]
-    command = [sys.executable, __file__, *flags]
+@pytest.mark.parametrize("case", ["frozen_batch_norm", "sync_batch_norm"])
+def test_two_replicas_make_the_update_of_one_replica(case):
+    command = [sys.executable, __file__, case]
     process = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=_REPO)
     assert process.returncode == 0, process.stderr[-5000:]
     result = json.loads(process.stdout.strip().splitlines()[-1])
@@ -176,8 +228,9 @@ def test_two_workers_train_together_and_only_the_chief_writes(tmp_path):
             worker.kill()
     for worker, log in zip(workers, logs, strict=True):
         assert worker.returncode == 0, log[-5000:]
-    assert "MultiWorkerMirroredStrategy" in logs[0]
-    assert "on 2 replica(s), batch 2 (1 per replica)" in logs[0]
+    assert "with MultiWorkerMirroredStrategy (worker 0 of 2 tasks) on 2 replica(s)" in logs[0]
+    assert "(worker 1 of 2 tasks)" in logs[1]
+    assert "batch 2 (1 per replica)" in logs[0]
     # One checkpoint, the chief's; the other worker's scratch copy is gone.
     assert [os.path.basename(p) for p in glob.glob(os.path.join(model_dir, "*.index"))] == [
         "ckpt-3.index"
@@ -190,7 +243,8 @@ def test_two_workers_train_together_and_only_the_chief_writes(tmp_path):
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    outcome = _compare_one_and_two_replicas(
-        bool(int(sys.argv[1])), bool(int(sys.argv[2])), sys.argv[3]
-    )
+    if sys.argv[1] == "overflow":
+        outcome = _overflow_on_one_replica()
+    else:
+        outcome = _compare_one_and_two_replicas(sys.argv[1])
     print(json.dumps(outcome))

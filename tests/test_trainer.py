@@ -12,9 +12,6 @@ from tf_pacseg.optimizers import PolyDecay
 
 TINY = dict(base_architecture="resnet_v1_50", units_per_block=(1, 1, 1, 1), num_classes=5)
 CROP = 33
-# Even a tiny model's training step takes ~30 s to trace and run on 2 CPU
-# cores (its atrous convolutions): the tests that train are marked slow.
-TRAINS = pytest.mark.slow
 
 
 def _batch(seed=0, batch=2):
@@ -58,54 +55,39 @@ def _changed(changed, name):
     return [value for path, value in changed.items() if path.endswith("/" + name)]
 
 
-@pytest.fixture(scope="module")
-def fine_tuned():
-    return _train_steps(fine_tune_batch_norm=True, num_steps=2, initial_global_step=3)
-
-
-@TRAINS
-def test_fine_tune_batch_norm_updates_statistics_but_not_gamma_beta(fine_tuned):
-    model, step, _, changed, _ = fine_tuned
+def test_fine_tuning_batch_norm_keeps_gamma_beta_and_lr_follows_poly_decay():
+    _, step, outputs, changed, _ = _train_steps(
+        fine_tune_batch_norm=True, num_steps=2, initial_global_step=3
+    )
+    # Batch statistics are used and tracked; beta and gamma are not trained.
     assert not any(_changed(changed, "gamma")) and not any(_changed(changed, "beta"))
     assert all(_changed(changed, "moving_mean")) and all(_changed(changed, "moving_variance"))
     assert all(_changed(changed, "kernel"))
     assert not {v.name for v in step.variables} & {"gamma", "beta"}
-
-
-@TRAINS
-def test_frozen_batch_norm_trains_gamma_beta_but_not_statistics():
-    _, step, _, changed, _ = _train_steps(fine_tune_batch_norm=False, num_steps=1)
-    assert all(_changed(changed, "gamma")) and all(_changed(changed, "beta"))
-    assert not any(_changed(changed, "moving_mean"))
-    assert not any(_changed(changed, "moving_variance"))
-    assert {"gamma", "beta"} <= {v.name for v in step.variables}
-
-
-@TRAINS
-def test_learning_rate_follows_poly_decay_from_initial_global_step(fine_tuned):
-    _, _, outputs, _, _ = fine_tuned
+    # The schedule counts from initial_global_step: its first step uses lr0.
     schedule = PolyDecay(0.01, max_iter=10, initial_step=3)
     for index, output in enumerate(outputs):
         assert output["step"] == 3 + index + 1
         np.testing.assert_allclose(output["learning_rate"], float(schedule(3 + index)), rtol=1e-6)
-    assert outputs[0]["learning_rate"] == pytest.approx(0.01)  # Step 0 of the schedule.
+    assert outputs[0]["learning_rate"] == pytest.approx(0.01)
 
 
-@TRAINS
-def test_loss_includes_regularization(fine_tuned):
-    _, _, outputs, _, regularization = fine_tuned
-    first = outputs[0]
-    # The first step's regularization is that of the initial weights.
+def test_frozen_batch_norm_trains_gamma_beta_and_loss_includes_regularization():
+    _, step, outputs, changed, regularization = _train_steps(
+        fine_tune_batch_norm=False, num_steps=1
+    )
+    assert all(_changed(changed, "gamma")) and all(_changed(changed, "beta"))
+    assert not any(_changed(changed, "moving_mean"))
+    assert not any(_changed(changed, "moving_variance"))
+    assert {"gamma", "beta"} <= {v.name for v in step.variables}
+    # The step's regularization is that of the weights it started from.
+    (first,) = outputs
     assert first["regularization"] == pytest.approx(regularization, rel=1e-5)
     assert first["regularization"] > 0
     assert first["loss"] == pytest.approx(first["data_loss"] + first["regularization"], rel=1e-6)
-
-
-@TRAINS
-def test_training_confusion_matrix_counts_non_ignored_pixels(fine_tuned):
-    _, step, _, _, _ = fine_tuned
+    # The running confusion matrix counts every non-ignored pixel.
     _, labels = _batch()
-    assert int(step.confusion_matrix.numpy().sum()) == 2 * int(np.sum(labels != 255))
+    assert int(step.confusion_matrix.numpy().sum()) == int(np.sum(labels != 255))
 
 
 @pytest.mark.parametrize("use_boundary_weights", [True, False])
@@ -172,6 +154,20 @@ def test_pretrained_keras_weights_load_the_backbone_only(tmp_path):
     head = [v for v in target.weights if v.path.startswith("network.conv2d")]
     theirs = {v.path: v.numpy() for v in source.weights}
     assert head and not np.array_equal(head[0].numpy(), theirs[head[0].path])
+
+
+def test_pretrained_tf1_checkpoint_loads_the_backbone(tmp_path):
+    from tf_pacseg import tf1_checkpoint
+
+    source = trainer.build_training_model(trainer.TrainConfig(**TINY))
+    names = tf1_checkpoint.tf1_variable_map(source, backbone_only=True)
+    # A name-based checkpoint, as DeepLab's ImageNet backbones are.
+    saver = tf.compat.v1.train.Saver(var_list={name: v.value for name, v in names.items()})
+    prefix = saver.save(None, str(tmp_path / "model.ckpt"))
+    target = trainer.build_training_model(trainer.TrainConfig(**TINY))
+    assert f"loaded {len(names)} variables" in trainer.load_pretrained(target, prefix)
+    for ours, theirs in zip(target.backbone.weights, source.backbone.weights, strict=True):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
 
 
 def test_summaries_write_tensorboard_scalars_and_images(tmp_path):

@@ -139,6 +139,18 @@ def supports_collectives_in_xla(strategy):
     return all("GPU" in device.upper() for device in strategy.extended.worker_devices)
 
 
+def describe(strategy):
+    """'MirroredStrategy', or 'MultiWorkerMirroredStrategy (worker i of n)'."""
+    if not is_multi_worker(strategy):
+        return type(strategy).__name__
+    resolver = strategy.cluster_resolver
+    num_workers = sum(len(tasks) for tasks in resolver.cluster_spec().as_dict().values())
+    return (
+        f"MultiWorkerMirroredStrategy ({resolver.task_type} {resolver.task_id} of "
+        f"{num_workers} tasks)"
+    )
+
+
 def check_batch_size(batch_size, strategy):
     """The per-replica batch size of global `batch_size`, which must split evenly.
 

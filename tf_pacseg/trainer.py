@@ -13,23 +13,25 @@ TensorFlow-only module. What a run does (the original's `_init_.py` +
   `epochs_per_eval` epochs; stops after `max_iter` steps (from
   `initial_global_step`) or `train_epochs` epochs, whichever comes first.
 
-Data parallelism. The global batch (`batch_size`) is split over the replicas;
-the loss is normalised by the global batch's weighted-pixel count and the
-gradients are summed once, so R replicas make the update of one replica on
-the global batch (see `TrainStep`). (The original's towers averaged
-per-tower means instead; the two agree when the towers weigh the same number
-of pixels.) BatchNorm statistics are per replica, as the original's towers,
-unless `sync_batch_norm`; the moving statistics kept are the first
-replica's, as the original ran the first tower's update ops.
+Data parallelism. The global batch (`batch_size`) is split over the
+replicas; the loss is normalised by the global batch's weighted-pixel count
+and the gradients are summed once, so R replicas make the update of one
+replica on the global batch (see `TrainStep`). The original's towers
+averaged per-tower means instead; the two agree when the towers weigh the
+same number of pixels. BatchNorm normalises with per-replica statistics, as
+the original's towers did, unless `sync_batch_norm`. Each replica updates
+its own copy of the moving statistics and checkpoints keep the first
+replica's (the original's towers updated one shared copy in turn).
 
 Never losing work: `tf.train.Checkpoint(model, optimizer)` in `model_dir`
-every `save_checkpoints_steps`, on SIGINT/SIGTERM and at the end; rerunning
-resumes at the saved step with the optimizer's momentum and the schedule
-intact (the input order restarts). Each save also writes
-`model_dir/model.weights.h5` + `model.json` for evaluate.py/predict.py, and
-the end of training an inference SavedModel in `model_dir/export` (see
-`export_inference_model`). A non-finite loss stops training before anything
-is saved, leaving the last good checkpoint.
+every `save_checkpoints_steps`, before each evaluation (as the Estimator
+did), on SIGINT/SIGTERM and at the end; rerunning resumes at the saved step
+with the optimizer's momentum and the schedule intact (the input order
+restarts). Each save also writes `model_dir/model.weights.h5` + `model.json`
+for evaluate.py/predict.py, and the end of training an inference SavedModel
+in `model_dir/export` (see `export_inference_model`). A non-finite loss (or
+weight) stops training before anything is saved, leaving the last good
+checkpoint.
 
 Example:
 
@@ -296,6 +298,32 @@ def weighted_pixel_count(labels, ignore_label=constants.IGNORE_LABEL):
     return tf.reduce_sum(tf.cast(tf.not_equal(labels, ignore_label), tf.float32))
 
 
+def agree_on_overflow(gradients, context):
+    """Makes every replica's gradients non-finite when any replica's are.
+
+    Keras' `LossScaleOptimizer` decides whether to skip a step from the
+    gradients before they are summed over replicas, looking at one replica's
+    (or each replica on its own): an overflow on another replica would be
+    summed into the update, or the replicas would disagree. Call it in
+    replica context, on the gradients passed to the optimizer.
+
+    Args:
+        gradients: list of tensors (or None) of this replica.
+        context: the `tf.distribute.ReplicaContext`.
+
+    Returns:
+        The gradients, all multiplied by NaN if any replica had a non-finite one.
+    """
+    present = [g for g in gradients if g is not None]
+    overflow = tf.cast(
+        tf.logical_not(tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in present])),
+        tf.float32,
+    )
+    overflow = context.all_reduce(tf.distribute.ReduceOp.SUM, overflow)
+    factor = tf.where(overflow > 0, float("nan"), 1.0)
+    return [None if g is None else g * tf.cast(factor, g.dtype) for g in gradients]
+
+
 class TrainStep:
     """The distributed training step: forward, loss, backward, update, metrics.
 
@@ -354,6 +382,7 @@ class TrainStep:
         self.jit_compile = jit_compile
         self.num_classes = model.num_classes
         self.variables = trainable_variables(model)
+        self._loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         with strategy.scope():
             optimizer.build(self.variables)
         # The running confusion matrix, updated in cross-replica context.
@@ -412,6 +441,8 @@ class TrainStep:
             # function, bound to its own copies of the variables.
             gradients_fn = tf.function(gradients_fn, jit_compile=True)
         gradients, data_loss, regularization, confusion = gradients_fn(images, labels, count)
+        if self._loss_scaling and context.num_replicas_in_sync > 1:
+            gradients = agree_on_overflow(gradients, context)
         # Keras' optimizer sums the gradients over replicas (all-reduce SUM).
         self.optimizer.apply(gradients, self.variables)
         return {
@@ -744,11 +775,13 @@ class _Trainer:
     def run(self, stop):
         config = self.config
         logging.info(
-            "Training %s + %s on %d replica(s), batch %d (%d per replica), %d steps per epoch; "
-            "steps %d -> %d.",
+            "Training %s + %s with %s on %d replica(s) (this worker: %s), batch %d (%d per "
+            "replica), %d steps per epoch; steps %d -> %d.",
             config.base_architecture,
             config.head,
+            distribute.describe(self.strategy),
             self.strategy.num_replicas_in_sync,
+            ", ".join(self.strategy.extended.worker_devices),
             config.batch_size,
             self.per_replica_batch,
             self.steps_per_epoch,
@@ -768,7 +801,11 @@ class _Trainer:
             self.step += 1
             pending_losses.append(outputs["loss"])
             log_now = self.step % config.log_every_n_steps == 0 or self.step == self.last_step
-            save_now = self.step % config.save_checkpoints_steps == 0
+            # Like the original's Estimator, save before each evaluation.
+            eval_now = bool(self.eval_every) and (
+                (self.step - self.first_step) % self.eval_every == 0
+            )
+            save_now = self.step % config.save_checkpoints_steps == 0 or eval_now
             if log_now or save_now:
                 self._check_finite(pending_losses)
                 pending_losses = []
@@ -785,7 +822,7 @@ class _Trainer:
                     self._write_images(images, labels)
             if save_now:
                 self.checkpointer.save(self.step)
-            if self.eval_every and (self.step - self.first_step) % self.eval_every == 0:
+            if eval_now:
                 result.evaluation = self._evaluate()
                 evaluated_at = self.step
             if self._stop_requested(stop, log_now):
