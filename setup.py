@@ -23,6 +23,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "jax[cpu]>=0.4.30", "tf-slim>=1.1", "ruff>=0.6"],
+        # Viewing the training logs only; training writes them without it.
+        "tensorboard": ["tensorboard>=2.20"],
     },
     entry_points={
         "console_scripts": [

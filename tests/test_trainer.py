@@ -174,8 +174,8 @@ def test_summaries_write_tensorboard_scalars_and_images(tmp_path):
     labels = np.zeros((1, 8, 8, 1), np.int32)
     labels[0, 2:6, 2:6] = 3
     labels[0, 0, 0] = 255
-    edges = summaries.label_edges(labels).numpy()[0, ..., 0]
-    assert edges[1, 2] == 1 and edges[2, 1] == 1 and edges[3, 3] == 0 and edges[7, 7] == 0
+    edges = np.asarray(losses.boundary_edges(labels, 5))[0, ..., 0]
+    assert edges[1, 2] > 0 and edges[2, 1] > 0 and edges[3, 3] == 0 and edges[7, 7] == 0
     np.testing.assert_array_equal(summaries.colorize(labels)[0, 3, 3], [128, 128, 0])  # Class 3.
     logits = tf.one_hot(labels[..., 0], 5) * 10.0
     images = np.full((1, 8, 8, 3), 200.0, np.float32)
@@ -196,4 +196,4 @@ def test_summaries_write_tensorboard_scalars_and_images(tmp_path):
     assert picture[:2].tolist() == [b"24", b"8"]  # Width (3 x 8), height.
     decoded = tf.io.decode_png(picture[2]).numpy()
     np.testing.assert_array_equal(decoded[3, 8 + 3], decoded[3, 16 + 3])  # GT == prediction.
-    assert {"boundary_aware_weights", "label_edges"} <= set(found)
+    assert {"boundary_aware_weights", "boundary_edges"} <= set(found)

@@ -56,6 +56,23 @@ def _squeeze_labels(labels):
     return ops.cast(labels, "int32")
 
 
+def boundary_edges(labels, num_classes=NUM_CLASSES, ignore_label=IGNORE_LABEL):
+    """BAL's edge map: steps 1-4 of the original, before pooling and blurring.
+
+    Args:
+        labels: int tensor [N, H, W] or [N, H, W, 1] of class ids.
+        num_classes: int. Number of classes. Defaults to 21.
+        ignore_label: int. Counted as class 0, as the original does here.
+            Defaults to 255.
+
+    Returns:
+        float32 [N, H, W, 1]: the number of one-hot channels with an edge at
+        each pixel (0 inside regions, up to 3).
+    """
+    labels = _squeeze_labels(labels)
+    return _edge_count(ops.where(labels == ignore_label, 0, labels), num_classes)
+
+
 def _edge_count(labels, num_classes):
     """Steps 2-4 of BAL without materialising the one-hot labels.
 

@@ -73,27 +73,6 @@ def colorize(labels):
     return tf.gather(palette, tf.clip_by_value(tf.cast(labels, tf.int32), 0, 255))
 
 
-def label_edges(labels, ignore_label=constants.IGNORE_LABEL):
-    """1 where a pixel's label differs from its right or lower neighbour, else 0.
-
-    The pixels that the boundary-aware loss counts as edges (its non-zero
-    edge map before pooling and blurring): ignored pixels count as class 0,
-    and the last row and column compare with themselves.
-
-    Args:
-        labels: int [N, H, W, 1].
-        ignore_label: int. Defaults to 255.
-
-    Returns:
-        float32 [N, H, W, 1].
-    """
-    labels = tf.cast(labels, tf.int32)
-    labels = tf.where(labels == ignore_label, 0, labels)
-    right = tf.concat([labels[:, :, 1:], labels[:, :, -1:]], axis=2)
-    below = tf.concat([labels[:, 1:], labels[:, -1:]], axis=1)
-    return tf.cast((labels != right) | (labels != below), tf.float32)
-
-
 def side_by_side(images, labels, predictions):
     """input | ground truth | prediction, in VOC colours: uint8 [N, H, 3W, 3].
 
@@ -123,7 +102,9 @@ def write_batch_images(step, images, labels, logits, num_classes, ignore_label):
     weights = losses.boundary_aware_weights(labels, num_classes, ignore_label)
     # The weights lie in [0.5, 4]: divide by the maximum so 1 is white.
     image("boundary_aware_weights", weights / 4.0, step)
-    image("label_edges", label_edges(labels, ignore_label), step)
+    # Up to 3 one-hot channels change at a pixel: divide so 3 is white.
+    edges = losses.boundary_edges(labels, num_classes, ignore_label)
+    image("boundary_edges", edges / 3.0, step)
 
 
 def write_scalars(scalars, step):
