@@ -57,3 +57,24 @@ def run_python(script, args, backend, timeout=300):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def make_records(root, num_train=8, num_val=2):
+    """A small synthetic VOC set converted to 2 shards per split; returns the records folder."""
+    from tf_pacseg import synthetic, voc
+
+    voc_dir, records = os.path.join(root, "voc"), os.path.join(root, "records")
+    synthetic.make_synthetic_voc(
+        voc_dir, num_train=num_train, num_val=num_val, min_size=40, max_size=60
+    )
+    lists = os.path.join("ImageSets", "Segmentation")
+    voc.convert_voc(
+        voc_dir,
+        records,
+        os.path.join(lists, "train.txt"),
+        os.path.join(lists, "val.txt"),
+        num_shards=2,
+        num_workers=0,
+        verbose=0,
+    )
+    return records

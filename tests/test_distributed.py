@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import make_records
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TRAIN = os.path.join(_REPO, "train.py")
@@ -166,24 +167,6 @@ def test_two_replicas_make_the_update_of_one_replica(case):
     assert result["updates"] < 1e-3
 
 
-def _make_records(root):
-    from tf_pacseg import synthetic, voc
-
-    voc_dir, records = os.path.join(root, "voc"), os.path.join(root, "records")
-    synthetic.make_synthetic_voc(voc_dir, num_train=8, num_val=2, min_size=40, max_size=60)
-    lists = os.path.join("ImageSets", "Segmentation")
-    voc.convert_voc(
-        voc_dir,
-        records,
-        os.path.join(lists, "train.txt"),
-        os.path.join(lists, "val.txt"),
-        num_shards=2,
-        num_workers=0,
-        verbose=0,
-    )
-    return records
-
-
 def _free_port():
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -194,7 +177,7 @@ def _free_port():
 def test_two_workers_train_together_and_only_the_chief_writes(tmp_path):
     import tensorflow as tf
 
-    records = _make_records(str(tmp_path))
+    records = make_records(str(tmp_path))
     model_dir = str(tmp_path / "model")
     cluster = {"worker": [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]}
     flags = [

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import make_records
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TRAIN = os.path.join(_REPO, "train.py")
@@ -59,23 +60,8 @@ _PROGRESS = re.compile(r"step (\d+)/(\d+) \(epoch [\d.]+\)  loss [\d.]+ .* lr ([
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    from tf_pacseg import synthetic, voc
-
-    root = str(tmp_path_factory.mktemp("data"))
-    voc_dir, records = os.path.join(root, "voc"), os.path.join(root, "records")
     # 8 training images: 4 steps per epoch at batch 2.
-    synthetic.make_synthetic_voc(voc_dir, num_train=8, num_val=2, min_size=40, max_size=60)
-    lists = os.path.join("ImageSets", "Segmentation")
-    voc.convert_voc(
-        voc_dir,
-        records,
-        os.path.join(lists, "train.txt"),
-        os.path.join(lists, "val.txt"),
-        num_shards=2,
-        num_workers=0,
-        verbose=0,
-    )
-    return records
+    return make_records(str(tmp_path_factory.mktemp("data")))
 
 
 def _train(*flags, timeout=600):
