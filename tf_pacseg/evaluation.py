@@ -46,7 +46,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_pacseg import constants, input_pipeline, metrics, records, voc
+from tf_pacseg import checks, constants, input_pipeline, metrics, records, voc
 from tf_pacseg.files import atomic_write
 from tf_pacseg.resize import resize_bilinear
 
@@ -97,30 +97,6 @@ def threaded_map(function, items, num_threads=_NUM_LOADERS, window=None):
         finally:
             for future in pending:
                 future.cancel()
-
-
-def _check_settings(batch_size, crop_size, eval_scales):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(
-            "Invalid value for argument `batch_size`. Expected a strictly positive int. "
-            f"Received: batch_size={batch_size!r}"
-        )
-    if (
-        not isinstance(crop_size, (tuple, list))
-        or len(crop_size) != 2
-        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in crop_size)
-    ):
-        raise ValueError(
-            "Invalid value for argument `crop_size`. Expected two strictly positive ints "
-            f"(height, width). Received: crop_size={crop_size!r}"
-        )
-    scales = tuple(float(s) for s in eval_scales)
-    if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
-        raise ValueError(
-            "Invalid value for argument `eval_scales`. Expected a non-empty sequence of "
-            f"strictly positive numbers. Received: eval_scales={eval_scales!r}"
-        )
-    return scales
 
 
 def _model_num_classes(model):
@@ -284,10 +260,6 @@ def _check_label_values(label, num_classes, where):
 # ----------------------------------------------------------------------------
 
 
-def _count_records(files):
-    return [int(tf.data.TFRecordDataset(f).reduce(np.int64(0), lambda n, _: n + 1)) for f in files]
-
-
 def _record_location(index, files, counts):
     """'example 3 of val-00001-of-00002.tfrecord' for the index-th example of all files."""
     for name, count in zip(files, counts, strict=True):
@@ -301,7 +273,7 @@ def _record_batches(data_dir, batch_size, crop_size, num_classes):
     """(number of examples, batch generator) over the val records of `data_dir`."""
     files = records.find_record_files(data_dir, "val")
     try:
-        counts = _count_records(files)
+        counts = [records.count_examples(f) for f in files]
     except tf.errors.OpError as error:
         raise ValueError(f"Cannot read the record files {files}: {error.message}") from error
 
@@ -548,7 +520,9 @@ def evaluate(
         ValueError: bad arguments, or data that cannot be decoded, differ in
             size from their label or have out-of-range labels (naming the file).
     """
-    scales = _check_settings(batch_size, crop_size, eval_scales)
+    checks.positive_int("batch_size", batch_size)
+    crop_size = checks.size_2d("crop_size", crop_size)
+    scales = checks.positive_numbers("eval_scales", eval_scales)
     model_classes = _model_num_classes(model)
     if num_classes is not None and num_classes != model_classes:
         raise ValueError(

@@ -17,7 +17,7 @@ labels as int32 class indices with `IGNORE_LABEL` for pixels to skip.
 
 import tensorflow as tf
 
-from tf_pacseg import constants, records
+from tf_pacseg import checks, constants, records
 
 # The original shuffled a whole epoch of train_aug (10582 serialized examples,
 # about 1 GB of encoded bytes); lower it when memory is tight.
@@ -65,38 +65,6 @@ def scale_values(
             f"max_scale={max_scale}, scale_step={scale_step}"
         )
     return tuple(min_scale + i * scale_step for i in range(num_steps + 1))
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Expected a strictly positive "
-            f"int. Received: {name}={value!r}"
-        )
-
-
-def _check_crop_size(crop_size):
-    if (
-        not isinstance(crop_size, (tuple, list))
-        or len(crop_size) != 2
-        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in crop_size)
-    ):
-        raise ValueError(
-            f"Invalid value for argument `crop_size`. Expected two strictly "
-            f"positive ints (height, width). Received: crop_size={crop_size!r}"
-        )
-
-
-def _check_ignore_label(ignore_label):
-    if (
-        isinstance(ignore_label, bool)
-        or not isinstance(ignore_label, int)
-        or not (0 <= ignore_label <= 255)
-    ):
-        raise ValueError(
-            f"Invalid value for argument `ignore_label`. Expected an int in "
-            f"[0, 255] (labels are uint8 PNGs). Received: ignore_label={ignore_label}"
-        )
 
 
 def rescale(image, label, scale):
@@ -186,9 +154,9 @@ def pad_to_size(image, label, height, width, ignore_label=constants.IGNORE_LABEL
         `ignore_label` padding.
     """
     image, label = tf.convert_to_tensor(image), tf.convert_to_tensor(label)
-    _check_positive_int("height", height)
-    _check_positive_int("width", width)
-    _check_ignore_label(ignore_label)
+    checks.positive_int("height", height)
+    checks.positive_int("width", width)
+    checks.int_in_range("ignore_label", ignore_label, 0, 255)
     shape = tf.shape(image)
     pad_height = tf.maximum(height - shape[0], 0)
     pad_width = tf.maximum(width - shape[1], 0)
@@ -218,8 +186,8 @@ def random_crop(image, label, height, width, seed):
         (image, label) of shapes (height, width, channels) and (height, width, 1).
     """
     image, label = tf.convert_to_tensor(image), tf.convert_to_tensor(label)
-    _check_positive_int("height", height)
-    _check_positive_int("width", width)
+    checks.positive_int("height", height)
+    checks.positive_int("width", width)
     shape = tf.shape(image)
     with tf.control_dependencies(
         [
@@ -412,10 +380,10 @@ def train_dataset(
     images, labels = next(iter(dataset))
     ```
     """
-    _check_positive_int("batch_size", batch_size)
-    _check_crop_size(crop_size)
-    _check_ignore_label(ignore_label)
-    _check_positive_int("shuffle_buffer", shuffle_buffer)
+    checks.positive_int("batch_size", batch_size)
+    checks.size_2d("crop_size", crop_size)
+    checks.int_in_range("ignore_label", ignore_label, 0, 255)
+    checks.positive_int("shuffle_buffer", shuffle_buffer)
     scales = scale_values(min_scale, max_scale, scale_step)
     files = resolve_files(files)
     deterministic = seed is not None
@@ -488,9 +456,9 @@ def eval_dataset(
         (batch, height, width, 1), and int32 (batch, 2), where height and
         width are the batch's largest, at least `crop_size`.
     """
-    _check_positive_int("batch_size", batch_size)
-    _check_crop_size(crop_size)
-    _check_ignore_label(ignore_label)
+    checks.positive_int("batch_size", batch_size)
+    checks.size_2d("crop_size", crop_size)
+    checks.int_in_range("ignore_label", ignore_label, 0, 255)
     crop_height, crop_width = crop_size
     files = resolve_files(files)
     per_replica_batch = _per_replica_batch_size(batch_size, input_context)

@@ -24,7 +24,7 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image, ImageOps
 
-from tf_pacseg import constants
+from tf_pacseg import checks, constants
 from tf_pacseg.evaluation import logits_fn, threaded_map
 from tf_pacseg.files import atomic_write
 
@@ -124,11 +124,7 @@ def make_predict_fn(model, output="labels"):
     Returns:
         The function.
     """
-    if output not in ("labels", "logits"):
-        raise ValueError(
-            "Invalid value for argument `output`. Expected 'labels' or 'logits'. "
-            f"Received: output={output!r}"
-        )
+    checks.one_of("output", output, ("labels", "logits"))
     cached = _PREDICT_FN_CACHE.setdefault(model, {})
     if output in cached:
         return cached[output]
@@ -248,16 +244,8 @@ def predict_folder(
         FileNotFoundError: no input folder.
         ValueError: bad arguments, or a folder without images.
     """
-    if output_format not in OUTPUT_FORMATS:
-        raise ValueError(
-            f"Invalid value for argument `output_format`. Expected one of {OUTPUT_FORMATS}. "
-            f"Received: output_format={output_format!r}"
-        )
-    if not 0.0 <= overlay_opacity <= 1.0:
-        raise ValueError(
-            "Invalid value for argument `overlay_opacity`. Expected a value in [0, 1]. "
-            f"Received: overlay_opacity={overlay_opacity}"
-        )
+    checks.one_of("output_format", output_format, OUTPUT_FORMATS)
+    checks.in_unit_interval("overlay_opacity", overlay_opacity)
     check_folders(input_dir, output_dir)
     paths = list_images(input_dir)
     if not paths:

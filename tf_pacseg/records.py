@@ -7,6 +7,7 @@ Keys and formats are those of the original converter, so its
 import glob
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from tf_pacseg import constants
@@ -43,6 +44,11 @@ def find_record_files(data_dir, split):
         f"No {split} records in {data_dir!r}: expected {split}-*-of-*.tfrecord shards "
         f"(written by data/convert_voc.py) or {_LEGACY_FILE_NAMES[split]!r}."
     )
+
+
+def count_examples(files):
+    """The number of records in `files` (a file name or a list of them), read end to end."""
+    return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda count, _: count + 1))
 
 
 def _bytes_feature(value):
