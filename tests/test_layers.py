@@ -1,9 +1,13 @@
 """Layers and conv blocks against NumPy / raw tf.nn references."""
 
+import json
+import textwrap
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import run_python
 
 from tf_pacseg.blocks import ConvBlocks
 from tf_pacseg.layers import BATCH_NORM_EPSILON, AtrousConv2D, BatchNorm, PyramidAtrousConv
@@ -185,22 +189,246 @@ def test_batch_norm_inference_uses_moving_statistics_and_epsilon_1e_5():
     assert not np.allclose(with_keras_epsilon, expected, rtol=1e-2)
 
 
-def test_batch_norm_training_uses_batch_statistics_and_updates_moving_ones():
+def _numpy_training_batch_norm(x, gamma, beta, mean, variance, momentum):
+    """TF1 fused BatchNorm in training: (outputs, new moving mean, new moving variance).
+
+    Normalises with the biased batch variance; averages the unbiased one,
+    n / (n - 1) times it over the n values per channel (a single value's zero
+    variance stays zero).
+    """
+    x = np.asarray(x, np.float64)
+    axes = tuple(range(x.ndim - 1))
+    count = x.size // x.shape[-1]
+    batch_mean, batch_variance = x.mean(axes), x.var(axes)
+    outputs = (x - batch_mean) / np.sqrt(batch_variance + BATCH_NORM_EPSILON) * gamma + beta
+    unbiased = batch_variance * count / max(count - 1, 1)
+    return (
+        outputs,
+        momentum * mean + (1 - momentum) * batch_mean,
+        momentum * variance + (1 - momentum) * unbiased,
+    )
+
+
+# Runs the layer in training mode on KERAS_BACKEND, eagerly and compiled (XLA
+# on TensorFlow, jax.jit on JAX), from the weights and inputs in an .npz file.
+_BATCH_NORM_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import keras
+    from tf_pacseg.layers import BatchNorm
+
+    cases, output = json.loads(sys.argv[1]), sys.argv[2]
+    data = np.load(sys.argv[3])
+    results = {}
+
+    def compiled(layer, x):
+        if keras.backend.backend() == "jax":
+            import jax
+
+            def step(trainable, non_trainable, x):
+                return layer.stateless_call(trainable, non_trainable, x, training=True)
+
+            y, non_trainable = jax.jit(step)(
+                [v.value for v in layer.trainable_variables],
+                [v.value for v in layer.non_trainable_variables],
+                x,
+            )
+            for variable, value in zip(layer.non_trainable_variables, non_trainable):
+                variable.assign(value)
+            return y
+        import tensorflow as tf
+
+        return tf.function(lambda x: layer(x, training=True), jit_compile=True)(x)
+
+    for name, (momentum, dtype) in cases.items():
+        x = data[name + "/x"]
+        for mode in ("eager", "compiled"):
+            layer = BatchNorm(momentum=momentum, dtype=dtype)
+            layer.build(x.shape)
+            layer.set_weights([data[name + "/" + w] for w in ("gamma", "beta", "mean", "var")])
+            y = layer(x, training=True) if mode == "eager" else compiled(layer, x)
+            key = name + "/" + mode
+            results[key + "/y"] = np.asarray(keras.ops.cast(y, "float32"))
+            results[key + "/y_dtype"] = np.asarray(keras.backend.standardize_dtype(y.dtype))
+            for weight in ("moving_mean", "moving_variance"):
+                variable = getattr(layer, weight)
+                results[key + "/" + weight] = np.asarray(variable.numpy())
+                results[key + "/" + weight + "_dtype"] = np.asarray(variable.dtype)
+    np.savez(output, **results)
+    """
+)
+
+# name: (input shape, momentum, dtype policy, output tolerance, statistics tolerance).
+# Compiled, XLA may skip the rounding of the inputs to float16/bfloat16
+# (excess precision), which moves the statistics by ~1e-5.
+_BATCH_NORM_CASES = {
+    "conv": ((4, 6, 5, 3), 0.95, "float32", 1e-4, 1e-5),
+    "head": ((2, 7, 5, 4), 0.9997, "float32", 1e-4, 1e-5),
+    "image_pooling": ((8, 1, 1, 3), 0.9, "float32", 1e-4, 1e-5),  # n = 8: factor 8/7
+    "single_value": ((1, 1, 1, 2), 0.9, "float32", 1e-4, 1e-5),  # n = 1: zero variance
+    "float16": ((3, 5, 4, 3), 0.95, "mixed_float16", 1e-2, 1e-4),
+    "bfloat16": ((3, 5, 4, 3), 0.95, "mixed_bfloat16", 5e-2, 1e-3),
+}
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_batch_norm_training_averages_the_unbiased_variance_like_tf1(backend, tmp_path):
+    """Eager and compiled, float32 and mixed precision, on each backend, against NumPy."""
+    import ml_dtypes
+
     rng = np.random.default_rng(9)
-    layer, (gamma, beta, mean, variance) = _random_batch_norm(rng, 3, momentum=0.95)
-    x = rng.normal(2.0, 3.0, size=(4, 6, 5, 3)).astype("float32")
-    batch_mean = x.mean(axis=(0, 1, 2))
-    batch_variance = x.var(axis=(0, 1, 2))
-    expected = (x - batch_mean) / np.sqrt(batch_variance + 1e-5) * gamma + beta
-    np.testing.assert_allclose(np.asarray(layer(x, training=True)), expected, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(
-        layer.moving_mean.numpy(), 0.95 * mean + 0.05 * batch_mean, rtol=1e-5, atol=1e-6
+    arrays, cases, expected = {}, {}, {}
+    for name, (shape, momentum, policy, _, _) in _BATCH_NORM_CASES.items():
+        x = rng.normal(2.0, 3.0, size=shape).astype("float32")
+        channels = shape[-1]
+        weights = {
+            "gamma": rng.uniform(0.5, 1.5, channels),
+            "beta": rng.normal(size=channels),
+            "mean": rng.normal(size=channels),
+            "var": rng.uniform(0.5, 2.0, channels),
+        }
+        arrays.update({f"{name}/{k}": v.astype("float32") for k, v in {"x": x, **weights}.items()})
+        cases[name] = (momentum, policy)
+        # Mixed precision sees the inputs rounded to its compute dtype.
+        compute = {"mixed_float16": np.float16, "mixed_bfloat16": ml_dtypes.bfloat16}
+        seen = x.astype(compute.get(policy, np.float32)).astype(np.float64)
+        floats = {k: v.astype("float32").astype(np.float64) for k, v in weights.items()}
+        expected[name] = _numpy_training_batch_norm(
+            seen, floats["gamma"], floats["beta"], floats["mean"], floats["var"], momentum
+        )
+    np.savez(tmp_path / "inputs.npz", **arrays)
+    output = tmp_path / "outputs.npz"
+    run_python(_BATCH_NORM_SCRIPT, [json.dumps(cases), output, tmp_path / "inputs.npz"], backend)
+    results = np.load(output)
+    for name, (_, _, policy, tolerance, statistics_tolerance) in _BATCH_NORM_CASES.items():
+        outputs, moving_mean, moving_variance = expected[name]
+        for mode in ("eager", "compiled"):
+            key = f"{name}/{mode}"
+            assert str(results[f"{key}/y_dtype"]) == policy.removeprefix("mixed_"), key
+            np.testing.assert_allclose(
+                results[f"{key}/y"], outputs, rtol=tolerance, atol=tolerance, err_msg=key
+            )
+            # Statistics in float32 whatever the policy.
+            assert str(results[f"{key}/moving_variance_dtype"]) == "float32", key
+            for weight, value in (
+                ("moving_mean", moving_mean),
+                ("moving_variance", moving_variance),
+            ):
+                np.testing.assert_allclose(
+                    results[f"{key}/{weight}"],
+                    value,
+                    rtol=statistics_tolerance,
+                    atol=statistics_tolerance / 10,
+                    err_msg=key,
+                )
+
+
+def test_batch_norm_moving_statistics_equal_tf1_fused_batch_norm_with_slim_averages():
+    """TF1 graph: fused_batch_norm(is_training=True) + assign_moving_average, as slim does."""
+    rng = np.random.default_rng(11)
+    decay = 0.9
+    for shape in [(8, 1, 1, 4), (2, 9, 7, 4)]:
+        x = rng.normal(1.0, 2.0, size=shape).astype("float32")
+        layer, (gamma, beta, mean, variance) = _random_batch_norm(rng, 4, momentum=decay)
+        graph = tf.Graph()
+        with graph.as_default():
+            moving = [tf.compat.v1.Variable(v) for v in (mean, variance)]
+            y, batch_mean, batch_variance = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, epsilon=BATCH_NORM_EPSILON, is_training=True
+            )
+            updates = [
+                tf.compat.v1.assign_sub(m, (m - b) * (1 - decay))
+                for m, b in zip(moving, (batch_mean, batch_variance), strict=True)
+            ]
+            with tf.compat.v1.Session(graph=graph) as session:
+                session.run(tf.compat.v1.global_variables_initializer())
+                reference = session.run([y, *updates])
+        ours = layer(x, training=True)
+        np.testing.assert_allclose(np.asarray(ours), reference[0], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(layer.moving_mean.numpy(), reference[1], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), reference[2], rtol=1e-5)
+
+
+# Two replicas of one MirroredStrategy, fed 3 and 5 images: the unbiased
+# correction uses each replica's own count, or the global one when synchronised.
+_DISTRIBUTED_BATCH_NORM_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from tf_pacseg import distribute
+
+    distribute.configure_logical_cpus(2)
+    import tensorflow as tf
+    from tf_pacseg.layers import BatchNorm
+
+    data = np.load(sys.argv[1])
+    halves = [data["x"][:3], data["x"][3:]]
+    strategy = distribute.create_strategy(devices=["/cpu:0", "/cpu:1"])
+    results = {}
+    for synchronized in (False, True):
+        with strategy.scope():
+            layer = BatchNorm(momentum=0.9, synchronized=synchronized)
+            layer.build(data["x"].shape)
+            layer.set_weights([data[w] for w in ("gamma", "beta", "mean", "var")])
+        inputs = strategy.experimental_distribute_values_from_function(
+            lambda context: tf.constant(halves[context.replica_id_in_sync_group])
+        )
+
+        @tf.function
+        def step(x):
+            layer(x, training=True)
+            return tf.identity(layer.moving_mean.value), tf.identity(layer.moving_variance.value)
+
+        means, variances = strategy.run(step, args=(inputs,))
+        key = "sync" if synchronized else "local"
+        for name, value in (("mean", means), ("var", variances)):
+            results[key + "/" + name] = np.stack(
+                [v.numpy() for v in strategy.experimental_local_results(value)]
+            )
+    np.savez(sys.argv[2], **results)
+    """
+)
+
+
+def test_batch_norm_under_mirrored_strategy_counts_per_replica_or_globally(tmp_path):
+    rng = np.random.default_rng(12)
+    x = rng.normal(1.0, 2.0, size=(8, 1, 1, 3)).astype("float32")
+    weights = {
+        "gamma": rng.uniform(0.5, 1.5, 3).astype("float32"),
+        "beta": rng.normal(size=3).astype("float32"),
+        "mean": rng.normal(size=3).astype("float32"),
+        "var": rng.uniform(0.5, 2.0, 3).astype("float32"),
+    }
+    np.savez(tmp_path / "inputs.npz", x=x, **weights)
+    run_python(
+        _DISTRIBUTED_BATCH_NORM_SCRIPT,
+        [tmp_path / "inputs.npz", tmp_path / "outputs.npz"],
+        "tensorflow",
     )
-    # TF1's fused batch norm feeds the Bessel-corrected variance (n / (n - 1))
-    # into the average; over n = 120 values the two differ by < 1e-3 here.
-    np.testing.assert_allclose(
-        layer.moving_variance.numpy(), 0.95 * variance + 0.05 * batch_variance, rtol=1e-3
-    )
+    results = np.load(tmp_path / "outputs.npz")
+    initial = [weights[w].astype(np.float64) for w in ("gamma", "beta", "mean", "var")]
+    for replica, images in enumerate([x[:3], x[3:]]):
+        _, mean, variance = _numpy_training_batch_norm(images, *initial, 0.9)
+        np.testing.assert_allclose(results["local/mean"][replica], mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(results["local/var"][replica], variance, rtol=1e-5)
+        _, mean, variance = _numpy_training_batch_norm(x, *initial, 0.9)
+        np.testing.assert_allclose(results["sync/mean"][replica], mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(results["sync/var"][replica], variance, rtol=1e-5)
+
+
+def test_batch_norm_rejects_renormalization():
+    with pytest.raises(
+        ValueError, match="Invalid value for argument `renorm`.*Received: renorm=True"
+    ):
+        BatchNorm(renorm=True)
+
+
+def test_batch_norm_rejects_a_mask_in_training():
+    layer = BatchNorm()
+    x = np.ones((2, 3, 3, 2), "float32")
+    with pytest.raises(ValueError, match="Invalid value for argument `mask`"):
+        layer(x, training=True, mask=np.ones((2, 3, 3), bool))
 
 
 def test_batch_norm_without_batch_statistics_keeps_moving_stats_in_training():

@@ -16,32 +16,85 @@ BATCH_NORM_EPSILON = 1e-5
 
 @keras.saving.register_keras_serializable(package="tf_pacseg")
 class BatchNorm(keras.layers.BatchNormalization):
-    """BatchNorm whose batch statistics can be switched off for training.
+    """BatchNorm as TF1's fused BatchNorm trains it, whose batch statistics can be switched off.
+
+    In training with batch statistics it normalises with the batch mean and
+    the biased batch variance, and updates `moving = momentum * moving +
+    (1 - momentum) * batch` with the batch mean and the UNBIASED batch
+    variance `n / (n - 1) * variance`, `n` the number of values each
+    statistic is reduced over (on this replica, or on all replicas when
+    `synchronized`): what TF1's fused kernel feeds slim's moving averages
+    (docs/design.md §6). Keras' layer averages the biased variance instead,
+    which for the image-pooling BatchNorm (`n` = batch size) moves the
+    moving variance `1 / (n - 1)` less per step.
 
     The original trains with `fine_tune_batch_norm=False` by running every
     BatchNorm in inference mode (moving statistics) while beta and gamma keep
     training. Keras ties inference mode to `trainable=False`, which would also
-    freeze beta and gamma, hence this flag.
+    freeze beta and gamma, hence `use_batch_statistics`.
 
     Args:
         use_batch_statistics: bool. Whether `training=True` normalises with the
             batch statistics and updates the moving ones. Defaults to `True`.
-        **kwargs: arguments of `keras.layers.BatchNormalization`.
+        **kwargs: arguments of `keras.layers.BatchNormalization` (epsilon
+            defaults to 1e-5; `renorm` is not supported).
     """
 
     def __init__(self, use_batch_statistics=True, **kwargs):
         kwargs.setdefault("epsilon", BATCH_NORM_EPSILON)
         super().__init__(**kwargs)
+        if self.renorm:
+            raise ValueError(
+                "Invalid value for argument `renorm`. Expected False (TF1's BatchNorm has "
+                f"no renormalization). Received: renorm={self.renorm}"
+            )
         self.use_batch_statistics = use_batch_statistics
 
     def call(self, inputs, training=None, mask=None):
-        training = bool(training) and self.use_batch_statistics
-        return super().call(inputs, training=training, mask=mask)
+        if not (training and self.use_batch_statistics and self.trainable):
+            return super().call(inputs, training=False, mask=mask)
+        if mask is not None:
+            raise ValueError(
+                "Invalid value for argument `mask`. Expected None in training (TF1's "
+                f"BatchNorm has no masks). Received: mask={mask}"
+            )
+        # Statistics in float32 at least, also under mixed precision.
+        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        axis = self.axis % len(x.shape)
+        axes = [a for a in range(len(x.shape)) if a != axis]
+        mean, variance = ops.moments(x, axes, synchronized=self.synchronized)
+        count = ops.cast(ops.size(x) // x.shape[axis], x.dtype)
+        if self.synchronized:
+            count = _sum_over_replicas(count)
+        # Bessel's correction; TF1 leaves a single value's (zero) variance as is.
+        unbiased = variance * (count / ops.maximum(count - 1.0, 1.0))
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, unbiased)):
+            moving.assign(ops.cast(moving, x.dtype) * self.momentum + batch * (1.0 - self.momentum))
+        outputs = ops.batch_normalization(
+            x,
+            mean,
+            variance,
+            axis=self.axis,
+            offset=ops.cast(self.beta, x.dtype) if self.center else None,
+            scale=ops.cast(self.gamma, x.dtype) if self.scale else None,
+            epsilon=self.epsilon,
+        )
+        return ops.cast(outputs, self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
         config.update({"use_batch_statistics": self.use_batch_statistics})
         return config
+
+
+def _sum_over_replicas(value):
+    """`value` summed over the `tf.distribute` replicas (`synchronized` is TensorFlow-only)."""
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None:  # Cross-replica context: Keras' moments are local there too.
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
 def atrous_conv2d(inputs, kernel, rate_counts):
