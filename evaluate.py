@@ -12,8 +12,9 @@ at that size, as the original evaluated during training.
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from tf_pacseg import cli
 from tf_pacseg.model_flags import define_model_flags, load_model_from_flags
 
 define_model_flags()
@@ -52,8 +53,7 @@ flags.mark_flag_as_required("model_dir")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    del argv
+def main():
     from tf_pacseg import evaluation
 
     try:
@@ -90,7 +90,7 @@ def main(argv):
 
 def run():
     """Console entry point `pacseg-evaluate`."""
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ reported and skipped. The input folder is never written to.
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from tf_pacseg import cli
 from tf_pacseg.model_flags import define_model_flags, load_model_from_flags
 
 define_model_flags()
@@ -36,8 +37,7 @@ flags.mark_flags_as_required(["model_dir", "input_dir", "output_dir"])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    del argv
+def main():
     from tf_pacseg import prediction
 
     try:
@@ -57,7 +57,7 @@ def main(argv):
 
 def run():
     """Console entry point `pacseg-predict`."""
-    app.run(main)
+    cli.run(main)
 
 
 if __name__ == "__main__":

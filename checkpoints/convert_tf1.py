@@ -7,11 +7,18 @@ Writes the weights and, beside them, a .json of the architecture read from
 the checkpoint's variable names; evaluate.py and predict.py take either file.
 """
 
+import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from tf_pacseg.model_flags import architecture_overrides, define_architecture_override_flags
+# Run as a file from a checkout, the repository root is not on the import path.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tf_pacseg import cli  # noqa: E402
+from tf_pacseg.model_flags import (  # noqa: E402
+    architecture_overrides,
+    define_architecture_override_flags,
+)
 
 flags.DEFINE_string(
     "checkpoint", None, "TF1 checkpoint prefix, or a directory holding a `checkpoint` file."
@@ -24,8 +31,7 @@ flags.mark_flags_as_required(["checkpoint", "output_path"])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    del argv
+def main():
     from tf_pacseg.saving import convert_tf1_checkpoint
     from tf_pacseg.tf1_checkpoint import CheckpointMismatchError
 
@@ -43,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

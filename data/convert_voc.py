@@ -15,51 +15,49 @@ Usage:
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
-# Run as a file (`python data/convert_voc.py`), the repository root is not on
-# the import path; put it there so `tf_pacseg` imports without installing.
+# Run as a file from a checkout, the repository root is not on the import path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tf_pacseg import cli, constants, voc  # noqa: E402
 
-from tf_pacseg import constants, voc  # noqa: E402
-
-_DATA_DIR = flags.DEFINE_string(
+flags.DEFINE_string(
     "data_dir", None, "The PASCAL VOC folder, e.g. VOCdevkit/VOC2012 (holds JPEGImages/)."
 )
-_OUTPUT_PATH = flags.DEFINE_string(
+flags.DEFINE_string(
     "output_path", "./dataset", "Folder for the TFRecord shards (created if needed)."
 )
-_TRAIN_DATA_LIST = flags.DEFINE_string(
+flags.DEFINE_string(
     "train_data_list",
     "ImageSets/Segmentation/train.txt",
     "File of training image ids, one per line; relative to --data_dir (else to the working "
     "directory). For the 10,582-image augmented set pass its train_aug list. Empty: skip.",
 )
-_VALID_DATA_LIST = flags.DEFINE_string(
+flags.DEFINE_string(
     "valid_data_list",
     "ImageSets/Segmentation/val.txt",
     "File of validation image ids (1,449 in VOC 2012), as --train_data_list. Empty: skip.",
 )
-_IMAGE_DATA_DIR = flags.DEFINE_string(
+flags.DEFINE_string(
     "image_data_dir", "JPEGImages", "Folder of <id>.jpg images, relative to --data_dir."
 )
-_LABEL_DATA_DIR = flags.DEFINE_string(
+flags.DEFINE_string(
     "label_data_dir",
     "SegmentationClassAug",
     "Folder of <id>.png labels, relative to --data_dir: one-channel class indices "
     "(SegmentationClassAug) or VOC palette PNGs (SegmentationClass).",
 )
-_NUM_SHARDS = flags.DEFINE_integer("num_shards", 4, "TFRecord shards per split.", lower_bound=1)
-_NUM_CLASSES = flags.DEFINE_integer(
+flags.DEFINE_integer("num_shards", 4, "TFRecord shards per split.", lower_bound=1)
+flags.DEFINE_integer(
     "num_classes",
     constants.NUM_CLASSES,
     "Label values must be below this, or the ignore label 255.",
     lower_bound=1,
 )
-_STRICT = flags.DEFINE_boolean(
+flags.DEFINE_boolean(
     "strict", False, "Stop at the first bad sample instead of skipping it with a warning."
 )
-_NUM_WORKERS = flags.DEFINE_integer(
+flags.DEFINE_integer(
     "num_workers",
     None,
     "Decoding processes; 0 or 1 decode in the main process. Default: one per CPU for "
@@ -68,23 +66,22 @@ _NUM_WORKERS = flags.DEFINE_integer(
 )
 
 flags.mark_flag_as_required("data_dir")
+FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+def main():
     try:
         summary = voc.convert_voc(
-            _DATA_DIR.value,
-            _OUTPUT_PATH.value,
-            _TRAIN_DATA_LIST.value,
-            _VALID_DATA_LIST.value,
-            image_data_dir=_IMAGE_DATA_DIR.value,
-            label_data_dir=_LABEL_DATA_DIR.value,
-            num_shards=_NUM_SHARDS.value,
-            num_classes=_NUM_CLASSES.value,
-            strict=_STRICT.value,
-            num_workers=_NUM_WORKERS.value,
+            FLAGS.data_dir,
+            FLAGS.output_path,
+            FLAGS.train_data_list,
+            FLAGS.valid_data_list,
+            image_data_dir=FLAGS.image_data_dir,
+            label_data_dir=FLAGS.label_data_dir,
+            num_shards=FLAGS.num_shards,
+            num_classes=FLAGS.num_classes,
+            strict=FLAGS.strict,
+            num_workers=FLAGS.num_workers,
         )
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"convert_voc.py: error: {error}")
@@ -95,4 +92,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

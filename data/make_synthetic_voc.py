@@ -11,21 +11,19 @@ VOC itself:
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
-# Run as a file (`python data/make_synthetic_voc.py`), the repository root is
-# not on the import path; put it there so `tf_pacseg` imports without installing.
+# Run as a file from a checkout, the repository root is not on the import path.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tf_pacseg import cli, constants, synthetic  # noqa: E402
 
-from tf_pacseg import constants, synthetic  # noqa: E402
-
-_OUTPUT_DIR = flags.DEFINE_string(
+flags.DEFINE_string(
     "output_dir", None, "Folder to write JPEGImages/, SegmentationClass(Aug)/ and ImageSets/ to."
 )
-_NUM_TRAIN = flags.DEFINE_integer("num_train", 32, "Training images.", lower_bound=0)
-_NUM_VAL = flags.DEFINE_integer("num_val", 8, "Validation images.", lower_bound=0)
-_SEED = flags.DEFINE_integer("seed", 0, "Random seed: the same seed writes the same files.")
-_NUM_CLASSES = flags.DEFINE_integer(
+flags.DEFINE_integer("num_train", 32, "Training images.", lower_bound=0)
+flags.DEFINE_integer("num_val", 8, "Validation images.", lower_bound=0)
+flags.DEFINE_integer("seed", 0, "Random seed: the same seed writes the same files.")
+flags.DEFINE_integer(
     "num_classes",
     constants.NUM_CLASSES,
     "Classes of the task; objects use classes 1..min(4, num_classes - 1).",
@@ -33,22 +31,21 @@ _NUM_CLASSES = flags.DEFINE_integer(
 )
 
 flags.mark_flag_as_required("output_dir")
+FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+def main():
     ids = synthetic.make_synthetic_voc(
-        _OUTPUT_DIR.value,
-        num_train=_NUM_TRAIN.value,
-        num_val=_NUM_VAL.value,
-        seed=_SEED.value,
-        num_classes=_NUM_CLASSES.value,
+        FLAGS.output_dir,
+        num_train=FLAGS.num_train,
+        num_val=FLAGS.num_val,
+        seed=FLAGS.seed,
+        num_classes=FLAGS.num_classes,
     )
     print(
-        f"Wrote {len(ids['train'])} train and {len(ids['val'])} val images to {_OUTPUT_DIR.value}."
+        f"Wrote {len(ids['train'])} train and {len(ids['val'])} val images to {FLAGS.output_dir}."
     )
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, uses_tensorflow=False)
