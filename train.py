@@ -157,7 +157,7 @@ FLAGS = flags.FLAGS
 
 
 def _config():
-    from tf_pacseg.trainer import TrainConfig
+    from tf_pacseg.training import TrainConfig
 
     if FLAGS.input_depth != 3:
         raise ValueError(f"--input_depth must be 3 (RGB images). Received: {FLAGS.input_depth}")
@@ -208,11 +208,11 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
     # TensorFlow's own INFO records (saver, SavedModel internals) drown the progress lines.
     std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
-    from tf_pacseg import trainer
+    from tf_pacseg import training
 
     try:
-        result = trainer.train(_config())
-    except (FileNotFoundError, ValueError, trainer.NonFiniteLossError) as error:
+        result = training.train(_config())
+    except (FileNotFoundError, ValueError, training.NonFiniteLossError) as error:
         sys.exit(f"train.py: {error}")
     if result.interrupted:
         sys.exit(128 + result.interrupted)

@@ -69,11 +69,11 @@ def _compare_one_and_two_replicas(case):
     import keras
     import tensorflow as tf
 
-    from tf_pacseg import trainer
+    from tf_pacseg import training
 
     one = distribute.create_strategy(devices=["/cpu:0"])
     two = distribute.create_strategy(devices=["/cpu:0", "/cpu:1"])
-    config = trainer.TrainConfig(
+    config = training.TrainConfig(
         base_architecture="resnet_v1_50",
         units_per_block=(1, 1, 1, 1),
         num_classes=5,
@@ -89,10 +89,10 @@ def _compare_one_and_two_replicas(case):
             if case == "sync_batch_norm":
                 model = _sync_batch_norm_model(config.num_classes)
             else:
-                model = trainer.build_training_model(config)
+                model = training.build_training_model(config)
                 # Dropout draws differ per replica; it is not what is compared.
                 model.get_layer("network.dropout").rate = 0.0
-            optimizer = trainer.build_optimizer(config)
+            optimizer = training.build_optimizer(config)
         runs[name] = (strategy, model, optimizer)
     runs["two"][1].set_weights(runs["one"][1].get_weights())
 
@@ -105,7 +105,7 @@ def _compare_one_and_two_replicas(case):
     initial = [w.numpy() for w in runs["one"][1].weights]
     losses = {}
     for name, (strategy, model, optimizer) in runs.items():
-        step = trainer.TrainStep(model, optimizer, strategy)
+        step = training.TrainStep(model, optimizer, strategy)
         batches = iter(strategy.experimental_distribute_dataset(dataset))
         losses[name] = [float(step(*next(batches))["loss"]) for _ in range(2)]
 
@@ -129,7 +129,7 @@ def _overflow_on_one_replica():
     distribute.configure_logical_cpus(2)
     import tensorflow as tf
 
-    from tf_pacseg import trainer
+    from tf_pacseg import training
 
     strategy = distribute.create_strategy(devices=["/cpu:0", "/cpu:1"])
 
@@ -137,7 +137,7 @@ def _overflow_on_one_replica():
         context = tf.distribute.get_replica_context()
         second = tf.cast(context.replica_id_in_sync_group, tf.float32)
         gradients = [tf.ones([3]), tf.fill([2], 1.0 / (1.0 - second)), None]  # inf on replica 1.
-        agreed = trainer.agree_on_overflow(gradients, context)
+        agreed = training.agree_on_overflow(gradients, context)
         return tf.reduce_all(tf.math.is_finite(agreed[0])), tf.reduce_all(
             tf.math.is_finite(agreed[1])
         )

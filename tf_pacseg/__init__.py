@@ -5,7 +5,7 @@ dataset converter's worker processes, the synthetic data writer) do not pay
 for importing Keras and TensorFlow.
 """
 
-import importlib
+from tf_pacseg.lazy import lazy_exports
 
 _EXPORTS = {
     "PACSegmenter": "tf_pacseg.model",
@@ -22,14 +22,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'tf_pacseg' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -3,7 +3,7 @@
     python -m tf_pacseg.demo --work_dir=demo_work --output_dir=demo_output
 
 Writes a synthetic VOC-format folder, converts it to TFRecords, trains a
-reduced-depth ResNet-50 v1 + PAC + BAL through the same trainer as
+reduced-depth ResNet-50 v1 + PAC + BAL through the same training loop as
 train.py, evaluates it on the synthetic val split and predicts colour masks
 into --output_dir, with metrics.json (the keys of evaluate.py --output_json).
 """
@@ -49,7 +49,7 @@ _TRAIN_SETTINGS = dict(
 
 def main(argv):
     del argv
-    from tf_pacseg import evaluation, prediction, saving, synthetic, trainer, voc
+    from tf_pacseg import evaluation, prediction, saving, synthetic, training, voc
 
     started = time.time()
     voc_dir = os.path.join(FLAGS.work_dir, "voc")
@@ -71,7 +71,7 @@ def main(argv):
         verbose=0,
     )
     print("[3/5] training")
-    config = trainer.TrainConfig(
+    config = training.TrainConfig(
         data_dir=records_dir,
         model_dir=model_dir,
         train_epochs=FLAGS.train_epochs,
@@ -79,7 +79,7 @@ def main(argv):
         max_iter=FLAGS.train_epochs * (FLAGS.num_train // _TRAIN_SETTINGS["batch_size"]),
         **_TRAIN_SETTINGS,
     )
-    trainer.train(config)
+    training.train(config)
     print("[4/5] evaluating on the synthetic val split")
     model = saving.load_model(model_dir)
     result = evaluation.evaluate(model, data_dir=records_dir, batch_size=4, crop_size=(65, 65))

@@ -1,7 +1,7 @@
 """TensorBoard summaries of training: scalars, IoU per class, and pictures of a batch.
 
 TensorFlow-only module. Writes into the default `tf.summary` writer; the
-trainer opens `model_dir/train` and `model_dir/eval`, so that TensorBoard
+training loop opens `model_dir/train` and `model_dir/eval`, so that TensorBoard
 overlays training and validation curves of the same name (`mean_iou`,
 `pixel_accuracy`, `iou/<class>`).
 

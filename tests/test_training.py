@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_pacseg import distribute, losses, saving, summaries, trainer
+from tf_pacseg import distribute, losses, saving, summaries, training
 from tf_pacseg.optimizers import PolyDecay
 
 TINY = dict(base_architecture="resnet_v1_50", units_per_block=(1, 1, 1, 1), num_classes=5)
@@ -24,7 +24,7 @@ def _batch(seed=0, batch=2):
 
 def _train_steps(fine_tune_batch_norm, num_steps, initial_global_step=0):
     """Builds a tiny model, runs `num_steps` updates on one batch; returns what changed."""
-    config = trainer.TrainConfig(
+    config = training.TrainConfig(
         **TINY,
         fine_tune_batch_norm=fine_tune_batch_norm,
         initial_learning_rate=0.01,
@@ -33,9 +33,9 @@ def _train_steps(fine_tune_batch_norm, num_steps, initial_global_step=0):
     )
     strategy = distribute.create_strategy(num_gpu=0)
     with strategy.scope():
-        model = trainer.build_training_model(config)
-        optimizer = trainer.build_optimizer(config)
-    step = trainer.TrainStep(model, optimizer, strategy)
+        model = training.build_training_model(config)
+        optimizer = training.build_optimizer(config)
+    step = training.TrainStep(model, optimizer, strategy)
     optimizer.iterations.assign(initial_global_step)
     before = {v.path: v.numpy() for v in model.weights}
     kernels = [v for v in model.weights if v.name == "kernel"]
@@ -98,18 +98,18 @@ def test_weighted_pixel_count_is_the_loss_denominator(use_boundary_weights):
     _, count = losses.boundary_aware_loss_terms(
         labels, logits, num_classes=5, use_boundary_weights=use_boundary_weights
     )
-    assert float(trainer.weighted_pixel_count(labels)) == float(count)
+    assert float(training.weighted_pixel_count(labels)) == float(count)
 
 
 def test_config_rejects_invalid_values_naming_them():
     with pytest.raises(ValueError, match="head"):
-        trainer.TrainConfig(head="fcn")
+        training.TrainConfig(head="fcn")
     with pytest.raises(ValueError, match="batch_size=0"):
-        trainer.TrainConfig(batch_size=0)
+        training.TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="units_per_block"):
-        trainer.TrainConfig(units_per_block=(1, 1, 1))
+        training.TrainConfig(units_per_block=(1, 1, 1))
     with pytest.raises(ValueError, match="mixed_precision"):
-        trainer.TrainConfig(mixed_precision="float8")
+        training.TrainConfig(mixed_precision="float8")
 
 
 def test_more_gpus_than_visible_is_a_clear_error():
@@ -130,24 +130,24 @@ def test_batch_size_must_split_over_replicas():
 def test_pretrained_path_substitutes_architecture():
     default = "./init_checkpoints/<arch>/model.ckpt"
     assert (
-        trainer.resolve_pretrained_path(default, "resnet_v2_50")
+        training.resolve_pretrained_path(default, "resnet_v2_50")
         == "./init_checkpoints/resnet_v2_50/model.ckpt"
     )
-    assert trainer.resolve_pretrained_path("", "resnet_v1_101") is None
+    assert training.resolve_pretrained_path("", "resnet_v1_101") is None
 
 
 def test_missing_pretrained_model_is_an_error_naming_it(tmp_path):
     missing = str(tmp_path / "nothing" / "model.ckpt")
     with pytest.raises(FileNotFoundError, match="nothing/model.ckpt"):
-        trainer.load_pretrained(None, missing)
+        training.load_pretrained(None, missing)
 
 
 def test_pretrained_keras_weights_load_the_backbone_only(tmp_path):
-    source = trainer.build_training_model(trainer.TrainConfig(**TINY))
+    source = training.build_training_model(training.TrainConfig(**TINY))
     path = str(tmp_path / "source.weights.h5")
     saving.save_model_weights(source, path)
-    target = trainer.build_training_model(trainer.TrainConfig(**TINY))
-    message = trainer.load_pretrained(target, path)
+    target = training.build_training_model(training.TrainConfig(**TINY))
+    message = training.load_pretrained(target, path)
     assert "backbone" in message
     for ours, theirs in zip(target.backbone.weights, source.backbone.weights, strict=True):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
@@ -159,13 +159,13 @@ def test_pretrained_keras_weights_load_the_backbone_only(tmp_path):
 def test_pretrained_tf1_checkpoint_loads_the_backbone(tmp_path):
     from tf_pacseg import tf1_checkpoint
 
-    source = trainer.build_training_model(trainer.TrainConfig(**TINY))
+    source = training.build_training_model(training.TrainConfig(**TINY))
     names = tf1_checkpoint.tf1_variable_map(source, backbone_only=True)
     # A name-based checkpoint, as DeepLab's ImageNet backbones are.
     saver = tf.compat.v1.train.Saver(var_list={name: v.value for name, v in names.items()})
     prefix = saver.save(None, str(tmp_path / "model.ckpt"))
-    target = trainer.build_training_model(trainer.TrainConfig(**TINY))
-    assert f"loaded {len(names)} variables" in trainer.load_pretrained(target, prefix)
+    target = training.build_training_model(training.TrainConfig(**TINY))
+    assert f"loaded {len(names)} variables" in training.load_pretrained(target, prefix)
     for ours, theirs in zip(target.backbone.weights, source.backbone.weights, strict=True):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
 

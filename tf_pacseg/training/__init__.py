@@ -1,0 +1,47 @@
+"""Training: one loop, two engines (TensorFlow `tf.distribute` and JAX).
+
+The engine follows the Keras backend (`KERAS_BACKEND=tensorflow` or `jax`);
+both train the same model with the same objective, optimizer and outputs
+(docs/design.md §6).
+
+- `config`: `TrainConfig` (every setting), `TrainResult`.
+- `components`: model, optimizer, trained variables and loss, shared by both engines.
+- `loop`: `train`, the backend-neutral loop.
+- `checkpoints`, `pretrained`: saving, export, backbone initialisation.
+- `tf_step`: the TensorFlow engine; `jax_step` (+ `jax_engine`): the JAX one.
+
+The names below load their modules on first use, so that importing the
+package pulls in neither TensorFlow nor JAX.
+
+Example:
+
+```python
+from tf_pacseg import training
+training.train(training.TrainConfig(data_dir="dataset", model_dir="model", pre_trained_model=""))
+```
+"""
+
+from tf_pacseg.lazy import lazy_exports
+
+_EXPORTS = {
+    "TrainConfig": "tf_pacseg.training.config",
+    "TrainResult": "tf_pacseg.training.config",
+    "NonFiniteLossError": "tf_pacseg.training.config",
+    "LOSSES": "tf_pacseg.training.config",
+    "MIXED_PRECISION_POLICIES": "tf_pacseg.training.config",
+    "build_training_model": "tf_pacseg.training.components",
+    "build_optimizer": "tf_pacseg.training.components",
+    "trainable_variables": "tf_pacseg.training.components",
+    "weighted_pixel_count": "tf_pacseg.training.components",
+    "train": "tf_pacseg.training.loop",
+    "create_engine": "tf_pacseg.training.loop",
+    "resolve_pretrained_path": "tf_pacseg.training.pretrained",
+    "load_pretrained": "tf_pacseg.training.pretrained",
+    "export_inference_model": "tf_pacseg.training.checkpoints",
+    "TrainStep": "tf_pacseg.training.tf_step",
+    "agree_on_overflow": "tf_pacseg.training.tf_step",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
