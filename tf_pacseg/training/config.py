@@ -1,13 +1,12 @@
 """The settings of a training run and what it returns (no TensorFlow, no Keras).
 
 `TrainConfig` is the single source of every training setting: train.py
-generates its flags from the fields, their defaults and the `Args:` below
-(`training.flags`).
+generates its flags from its fields, defaults and docstring (`training.flags`).
 """
 
 import dataclasses
 
-from tf_pacseg import constants
+from tf_pacseg import checks, constants
 
 LOSSES = ("bal", "ce")
 MIXED_PRECISION_POLICIES = ("none", "mixed_float16", "mixed_bfloat16")
@@ -21,114 +20,140 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Every setting of a training run. Defaults are the original's flags.
+    """Every setting of a training run; the first 27 are the original's, with its defaults.
+
+    train.py's flags are these fields (`training.flags`): same names and
+    defaults, help text from the entries below without their type and default.
 
     Args:
-        num_gpu: int. GPUs per machine (0: CPU) when `train` creates the
-            strategy. Defaults to 1.
-        model_dir: str. Checkpoints, summaries, weights and export. Defaults
-            to `"./model"`.
-        data_dir: str. Folder of the train/val TFRecords. Defaults to `"./dataset/"`.
-        pre_trained_model: str or None. Backbone initialisation: a TF1
-            ImageNet checkpoint prefix (e.g. `resnet_v1_101_beta`), or a
-            `.weights.h5` with its `.json` (or a directory holding
-            `model.weights.h5`); only the backbone is loaded, as the original
-            did. `None` or `""` trains from scratch. Ignored when resuming.
-            Defaults to `None`.
-        clean_model_dir: bool. Delete `model_dir` first. Defaults to `False`.
-        base_architecture: str. Defaults to `"resnet_v1_101"`.
-        head: str. `"pac"` or `"aspp"`. Defaults to `"pac"`.
-        output_stride: int. 8 or 16. Defaults to 16.
-        num_classes: int. Defaults to 21.
-        batch_norm_decay: float. The head's BatchNorm decay. Defaults to 0.9997.
-        weight_decay: float. Defaults to 1e-4.
-        fine_tune_batch_norm: bool. See the module docstring. Defaults to `True`.
-        sync_batch_norm: bool. Batch statistics over all replicas. Defaults to `False`.
-        units_per_block: tuple of 4 ints or None. A shallower backbone (tests,
-            demos). Defaults to `None` (the architecture's).
-        loss: str. `"bal"` (boundary-aware) or `"ce"`. Defaults to `"bal"`.
-        batch_size: int. Global batch, split over all replicas. Defaults to 16.
-        train_epochs: int. Defaults to 46.
-        epochs_per_eval: int. Evaluate every this many epochs; 0 never.
-            Defaults to 1.
-        max_iter: int. Steps of the poly schedule, and at most of training.
+        num_gpu: int. GPUs to train on, per machine (0: the CPU); the global
+            batch is split evenly over all replicas (GPUs x workers). The JAX
+            engine uses every local device instead. Defaults to 1.
+        base_architecture: str. Backbone: DeepLab's ResNet v1 "beta" or the
+            pre-activation ResNet v2. Defaults to `"resnet_v1_101"`.
+        pre_trained_model: str or None. Backbone initialisation: a TF1 ImageNet
+            checkpoint prefix (e.g. DeepLab's resnet_v1_101_beta), or a
+            *.weights.h5 (with its .json) / directory holding model.weights.h5
+            whose backbone is loaded. <arch> is replaced by base_architecture.
+            Empty (--pre_trained_model=) trains from scratch. Ignored when
+            model_dir holds a checkpoint to resume from. Defaults to
+            `"./init_checkpoints/<arch>/model.ckpt"`.
+        model_dir: str. Run directory: checkpoints, TensorBoard summaries
+            (train/, eval/), model.weights.h5 + model.json and the export
+            (export/). Defaults to `"./model"`.
+        data_dir: str. Folder of the TFRecords: train-*/val-*-of-*.tfrecord
+            (data/convert_voc.py) or the original's voc_train.record /
+            voc_val.record. Defaults to `"./dataset/"`.
+        clean_model_dir: bool. Delete model_dir first, starting over instead of
+            resuming. Defaults to `False`.
+        train_epochs: int. Epochs to train (unless max_iter comes first).
+            Defaults to 46.
+        epochs_per_eval: int. Evaluate on the val records every this many
+            epochs (0: never). Defaults to 1.
+        batch_size: int. Global batch size, split over all replicas. Defaults to 16.
+        max_iter: int. Steps of the "poly" learning-rate schedule; training
+            also stops after this many steps from initial_global_step.
             Defaults to 30000.
-        initial_global_step: int. Step a fresh run starts at (fine-tuning);
-            the schedule and `max_iter` count from it. Defaults to 0.
-        initial_learning_rate: float. Defaults to 0.007.
-        end_learning_rate: float. Defaults to 0.
-        power: float. Defaults to 0.9.
-        momentum: float. Defaults to 0.9.
+        initial_global_step: int. Global step a fresh run starts at, when
+            fine-tuning a trained model: the schedule and max_iter count from
+            it. Defaults to 0.
+        output_stride: int. Input size / feature map size. Defaults to 16.
+        initial_learning_rate: float. Learning rate at the first step. Defaults to 0.007.
+        end_learning_rate: float. Learning rate reached after max_iter steps.
+            Defaults to 0.
+        power: float. Power of the "poly" learning-rate schedule. Defaults to 0.9.
+        momentum: float. Momentum of the (TF1-style) momentum optimizer.
+            Defaults to 0.9.
+        weight_decay: float. L2 regularisation: weight_decay * sum(w^2) / 2 per
+            conv kernel (1e-4 for ResNet). Defaults to 0.0001.
+        fine_tune_batch_norm: bool. True: BatchNorm normalises with batch
+            statistics and updates its moving statistics, its beta/gamma stay
+            fixed. False: moving statistics are used and beta/gamma train. Use
+            False when the per-replica batch is small. Defaults to `True`.
+        batch_norm_decay: float. Moving-average decay of the head's BatchNorm
+            (backbone: 0.95). Defaults to 0.9997.
+        debug: bool. Stop at the first op that produces a NaN/inf, naming it
+            (TensorFlow: enable_check_numerics; JAX: jax_debug_nans). Slow.
+            Defaults to `False`.
+        num_classes: int. Number of classes to predict. Defaults to 21.
         input_height: int. Training crop height. Defaults to 513.
         input_width: int. Training crop width. Defaults to 513.
-        min_scale: float. Defaults to 0.5.
-        max_scale: float. Defaults to 2.0.
-        ignore_label: int. Defaults to 255.
-        mixed_precision: str. `"none"`, `"mixed_float16"` (with loss
-            scaling) or `"mixed_bfloat16"`. Defaults to `"none"`.
-        jit_compile: bool. XLA-compile each replica's forward/backward pass.
+        input_depth: int. Image channels; only 3 (RGB) is supported. Defaults to 3.
+        min_scale: float. Smallest random scale of the training augmentation.
+            Defaults to 0.5.
+        max_scale: float. Largest random scale of the training augmentation.
+            Defaults to 2.0.
+        ignore_label: int. Label value of pixels left out of the loss and the
+            metrics. Defaults to 255.
+        head: str. pac: Pyramid Atrous Conv; aspp: DeepLabV3. Defaults to `"pac"`.
+        loss: str. bal: boundary-aware loss; ce: cross entropy. Defaults to `"bal"`.
+        sync_batch_norm: bool. Batch statistics over all replicas instead of
+            per replica (TensorFlow engine; the JAX engine's are always over
+            the global batch). Defaults to `False`.
+        mixed_precision: str. Compute in float16 (with dynamic loss scaling)
+            or bfloat16; variables stay float32. Defaults to `"none"`.
+        jit_compile: bool. Compile each replica's forward and backward pass
+            with XLA (the JAX engine always compiles its whole step).
             Defaults to `False`.
-        debug: bool. `tf.debugging.enable_check_numerics`. Defaults to `False`.
-        log_every_n_steps: int. Console line and scalar summaries. Defaults to 10.
-        save_checkpoints_steps: int. Defaults to 1000.
-        keep_checkpoint_max: int. Defaults to 5.
-        seed: int or None. Initialisation, dropout and input order. Defaults to `None`.
-        shuffle_buffer: int. Examples in the input shuffle buffer. Defaults to
-            10582 (an epoch of train_aug).
+        log_every_n_steps: int. Progress line and TensorBoard scalars every
+            this many steps. Defaults to 10.
+        save_checkpoints_steps: int. Checkpoint (and model.weights.h5) every
+            this many steps; also before each evaluation, on SIGINT/SIGTERM and
+            at the end. Defaults to 1000.
+        keep_checkpoint_max: int. Checkpoints kept in model_dir. Defaults to 5.
+        seed: int or None. Random seed of initialisation, dropout and input
+            order (None: random). Defaults to `None`.
+        units_per_block: tuple of 4 ints or None. Bottleneck units in
+            block1..block4, e.g. 1,1,1,1: a shallower backbone for tests and
+            demos (None: the architecture's). Defaults to `None`.
+        shuffle_buffer: int. Examples in the training input's shuffle buffer
+            (10582: an epoch of VOC train_aug). Defaults to 10582.
     """
 
+    # The original's options, in its order.
     num_gpu: int = 1
+    base_architecture: str = "resnet_v1_101"
+    pre_trained_model: str | None = "./init_checkpoints/<arch>/model.ckpt"
     model_dir: str = "./model"
     data_dir: str = "./dataset/"
-    pre_trained_model: str | None = None
     clean_model_dir: bool = False
-    base_architecture: str = "resnet_v1_101"
-    head: str = "pac"
-    output_stride: int = 16
-    num_classes: int = constants.NUM_CLASSES
-    batch_norm_decay: float = 0.9997
-    weight_decay: float = 1e-4
-    fine_tune_batch_norm: bool = True
-    sync_batch_norm: bool = False
-    units_per_block: tuple | None = None
-    loss: str = "bal"
-    batch_size: int = 16
     train_epochs: int = 46
     epochs_per_eval: int = 1
+    batch_size: int = 16
     max_iter: int = 30000
     initial_global_step: int = 0
+    output_stride: int = 16
     initial_learning_rate: float = 0.007
     end_learning_rate: float = 0.0
     power: float = 0.9
     momentum: float = 0.9
+    weight_decay: float = 1e-4
+    fine_tune_batch_norm: bool = True
+    batch_norm_decay: float = 0.9997
+    debug: bool = False
+    num_classes: int = constants.NUM_CLASSES
     input_height: int = 513
     input_width: int = 513
+    input_depth: int = 3
     min_scale: float = constants.MIN_SCALE
     max_scale: float = constants.MAX_SCALE
     ignore_label: int = constants.IGNORE_LABEL
+    # Added options.
+    head: str = "pac"
+    loss: str = "bal"
+    sync_batch_norm: bool = False
     mixed_precision: str = "none"
     jit_compile: bool = False
-    debug: bool = False
     log_every_n_steps: int = 10
     save_checkpoints_steps: int = 1000
     keep_checkpoint_max: int = 5
     seed: int | None = None
+    units_per_block: tuple | None = None
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
 
     def __post_init__(self):
-        choices = {
-            "base_architecture": constants.BASE_ARCHITECTURES,
-            "head": constants.HEADS,
-            "output_stride": constants.OUTPUT_STRIDES,
-            "loss": LOSSES,
-            "mixed_precision": MIXED_PRECISION_POLICIES,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"Invalid value for `{name}`. Expected one of {allowed}. "
-                    f"Received: {name}={getattr(self, name)!r}"
-                )
+        for name, allowed in CHOICES.items():
+            checks.one_of(name, getattr(self, name), allowed)
         positive = (
             "batch_size",
             "train_epochs",
@@ -142,24 +167,29 @@ class TrainConfig:
             "shuffle_buffer",
         )
         for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(
-                    f"Invalid value for `{name}`. Expected a strictly positive value. "
-                    f"Received: {name}={getattr(self, name)}"
-                )
+            checks.positive_int(name, getattr(self, name))
         for name in ("num_gpu", "epochs_per_eval", "initial_global_step"):
-            if getattr(self, name) < 0:
-                raise ValueError(
-                    f"Invalid value for `{name}`. Expected a non-negative value. "
-                    f"Received: {name}={getattr(self, name)}"
-                )
+            checks.non_negative_int(name, getattr(self, name))
+        checks.one_of("input_depth", self.input_depth, (3,))
         if self.units_per_block is not None:
             self.units_per_block = tuple(int(n) for n in self.units_per_block)
             if len(self.units_per_block) != 4 or min(self.units_per_block) < 1:
                 raise ValueError(
-                    "Invalid value for `units_per_block`. Expected 4 strictly positive "
-                    f"ints. Received: units_per_block={self.units_per_block}"
+                    "Invalid value for argument `units_per_block`. Expected 4 strictly "
+                    f"positive ints. Received: units_per_block={self.units_per_block}"
                 )
+
+
+# The fields that take one of a few values.
+CHOICES = {
+    "base_architecture": constants.BASE_ARCHITECTURES,
+    "head": constants.HEADS,
+    "output_stride": constants.OUTPUT_STRIDES,
+    "loss": LOSSES,
+    "mixed_precision": MIXED_PRECISION_POLICIES,
+}
+# The original `_init_.py`'s options: TrainConfig's first fields.
+NUM_ORIGINAL_OPTIONS = 27
 
 
 @dataclasses.dataclass
