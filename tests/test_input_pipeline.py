@@ -291,19 +291,85 @@ def test_train_dataset_is_deterministic_under_a_seed_and_new_every_epoch(data_di
     files = records.find_record_files(data_dir, "train")
 
     def build(seed):
-        return input_pipeline.train_dataset(
-            files, 2, crop_size=(32, 32), seed=seed, shuffle_buffer=4
+        # 6 examples: 3 batches per epoch.
+        dataset = input_pipeline.train_dataset(
+            files, 2, crop_size=(32, 32), seed=seed, shuffle_buffer=4, repeat=True
         )
+        return _batches(dataset.take(6))
 
-    dataset = build(3)
-    first, second_epoch = _batches(dataset), _batches(dataset)
-    again, other = _batches(build(3)), _batches(build(4))
+    first = build(3)
+    again, other = build(3), build(4)
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
     assert any(not np.array_equal(a[0], b[0]) for a, b in zip(first, other, strict=True))
-    # A new iteration reshuffles and re-augments (deterministically too).
-    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(first, second_epoch, strict=True))
+    # The next epoch reshuffles and re-augments (deterministically too).
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(first[:3], first[3:], strict=True))
+
+
+def test_train_dataset_without_a_seed_is_new_at_every_iteration(data_dir):
+    dataset = input_pipeline.train_dataset(os.path.join(data_dir, "train-*"), 2, crop_size=(32, 32))
+    first, second = _batches(dataset), _batches(dataset)
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(first, second, strict=True))
+
+
+def _assert_same_batches(actual, expected):
+    assert len(actual) == len(expected)
+    for (images, labels), (want_images, want_labels) in zip(actual, expected, strict=True):
+        np.testing.assert_array_equal(images, want_images)
+        np.testing.assert_array_equal(labels, want_labels)
+
+
+@pytest.mark.parametrize(
+    "batch_size, shuffle_buffer", [(2, 4), (4, input_pipeline.DEFAULT_SHUFFLE_BUFFER)]
+)
+def test_train_dataset_from_start_step_continues_the_skipped_steps_batches(
+    data_dir, batch_size, shuffle_buffer
+):
+    # 6 examples per epoch: with 4 per batch, batches straddle the epochs.
+    def build(start_step):
+        dataset = input_pipeline.train_dataset(
+            os.path.join(data_dir, "train-*"),
+            batch_size,
+            crop_size=(24, 24),
+            seed=5,
+            shuffle_buffer=shuffle_buffer,
+            repeat=True,
+            start_step=start_step,
+        )
+        return _batches(dataset.take(8 - start_step))
+
+    uninterrupted = build(0)
+    for start_step in (1, 3, 5):
+        _assert_same_batches(build(start_step), uninterrupted[start_step:])
+
+
+@pytest.mark.parametrize("num_replicas, shard_by", [(2, "file"), (4, "file"), (2, "record")])
+def test_start_step_skips_each_input_pipelines_share(data_dir, tmp_path, num_replicas, shard_by):
+    files = records.find_record_files(data_dir, "train")
+    if shard_by == "record":  # One file, fewer than the pipelines.
+        single = tmp_path / "voc_train.record"
+        single.write_bytes(b"".join(open(f, "rb").read() for f in files))
+        files = [str(single)]
+    # Two pipelines (workers), each feeding num_replicas / 2 replicas per step.
+    batches_per_step = num_replicas // 2
+
+    def build(pipeline_id, start_step):
+        dataset = input_pipeline.train_dataset(
+            files,
+            num_replicas,
+            crop_size=(16, 16),
+            seed=2,
+            repeat=True,
+            input_context=tf.distribute.InputContext(2, pipeline_id, num_replicas),
+            start_step=start_step,
+        )
+        return _batches(dataset.take(6 - start_step * batches_per_step))
+
+    for pipeline_id in range(2):
+        uninterrupted = build(pipeline_id, 0)
+        assert len(uninterrupted[0][0]) == 1  # Per-replica batches of 1.
+        _assert_same_batches(build(pipeline_id, 2), uninterrupted[2 * batches_per_step :])
 
 
 def test_eval_dataset_keeps_large_images_whole_and_pads_small_ones(data_dir):

@@ -6,10 +6,13 @@ TensorFlow-only module. The training augmentation follows the original's
 bottom/right to at least the crop size (image with the mean pixel, label with
 the ignore label) -> random crop (same offsets) -> horizontal flip, p=0.5.
 
-All randomness is stateless: every example gets its own seed, a pair of ints
-drawn from `tf.data.Dataset.random(seed)`, which the augmentation functions
-split between their steps. A fixed `seed` thus gives the same batches on
-every run, whatever the parallelism.
+All training randomness is stateless, a function of (seed, input pipeline,
+epoch): the order in which each epoch reads the record files, the order of
+its examples, and each example's augmentation seed (from its index in the
+epoch, split by the augmentation functions between their steps). A fixed
+`seed` thus gives the same batches on every run, whatever the parallelism,
+and a resumed run starts at its epoch and skips the examples already trained
+on before parsing them (`train_dataset(start_step=...)`).
 
 Images come out as float32 in 0..255 (mean subtraction is the model's job),
 labels as int32 class indices with `IGNORE_LABEL` for pixels to skip.
@@ -290,27 +293,34 @@ def resolve_files(files):
     return resolved
 
 
-def _records(
-    files, input_context, cycle_length, deterministic, shuffle_files_seed=None, shuffle_files=False
-):
-    """Serialized examples of `files`, sharded for `input_context` when one is given.
+def _sharding(files, input_context):
+    """(number of input pipelines, this one's id, whether it reads its own files).
 
     Sharding is by file when there are at least as many files as input
     pipelines, else by record (e.g. the original's single `voc_train.record`).
     """
     num_pipelines = input_context.num_input_pipelines if input_context else 1
     pipeline_id = input_context.input_pipeline_id if input_context else 0
-    shard_files = num_pipelines > 1 and len(files) >= num_pipelines
+    return num_pipelines, pipeline_id, num_pipelines > 1 and len(files) >= num_pipelines
+
+
+def _records(files, input_context, cycle_length, deterministic, file_order_seed=None):
+    """Serialized examples of `files`, sharded for `input_context` when one is given.
+
+    With `file_order_seed` (a stateless seed, shape (2,)), the files are read
+    in an order drawn from it.
+    """
+    num_pipelines, pipeline_id, shard_files = _sharding(files, input_context)
     if shard_files:
         files = files[pipeline_id::num_pipelines]
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle_files:
-        dataset = dataset.shuffle(
-            len(files), seed=shuffle_files_seed, reshuffle_each_iteration=True
-        )
-    dataset = dataset.interleave(
+    cycle_length = min(len(files), cycle_length)
+    files = tf.constant(files)
+    if file_order_seed is not None:
+        keys = tf.random.stateless_uniform(tf.shape(files), seed=file_order_seed)
+        files = tf.gather(files, tf.argsort(keys))
+    dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
         tf.data.TFRecordDataset,
-        cycle_length=min(len(files), cycle_length),
+        cycle_length=cycle_length,
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
@@ -326,6 +336,42 @@ def _per_replica_batch_size(batch_size, input_context):
     return input_context.get_per_replica_batch_size(batch_size)
 
 
+def _examples_per_epoch(files, input_context):
+    """The examples one epoch of this input pipeline reads (sharded as `_records`)."""
+    num_pipelines, pipeline_id, shard_files = _sharding(files, input_context)
+    if shard_files:
+        return records.count_examples(files[pipeline_id::num_pipelines])
+    return len(range(pipeline_id, records.count_examples(files), num_pipelines))
+
+
+def _examples_per_step(batch_size, input_context):
+    """The examples one global step takes from this input pipeline.
+
+    Each of the pipeline's replicas takes a per-replica batch (one per step
+    for the JAX engine's per-process pipelines).
+    """
+    if input_context is None:
+        return batch_size
+    replicas = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+    return replicas * input_context.get_per_replica_batch_size(batch_size)
+
+
+def _block_shuffle(examples, block_size, seed):
+    """Permutes each run of `block_size` consecutive examples by a permutation drawn from `seed`.
+
+    With a block at least as large as the epoch, a uniformly random order of
+    the epoch (what the original's epoch-sized shuffle buffer gives).
+    """
+
+    def permute(index, block):
+        block_seed = tf.random.experimental.stateless_fold_in(seed, index)
+        order = tf.argsort(tf.random.stateless_uniform(tf.shape(block), seed=block_seed))
+        # Reads the block in place: no second copy of its examples.
+        return tf.data.Dataset.from_tensor_slices(order).map(lambda i: block[i])
+
+    return examples.batch(block_size).enumerate().flat_map(permute)
+
+
 def train_dataset(
     files,
     batch_size,
@@ -338,12 +384,18 @@ def train_dataset(
     seed=None,
     repeat=False,
     input_context=None,
+    start_step=0,
 ):
     """The training pipeline: shuffled, augmented, batched examples.
 
-    Shards are read interleaved (file order shuffled every epoch), examples
-    shuffled, parsed and augmented (`augment`) in parallel, batched with
-    `drop_remainder=True` and prefetched.
+    Each epoch reads the shards interleaved, in a random file order, and
+    shuffles the examples (in blocks of `shuffle_buffer`); the examples are
+    then parsed and augmented (`augment`) in parallel, batched with
+    `drop_remainder=True` (batches run on across epochs) and prefetched.
+    Epoch e's file order, example order and augmentation seeds are drawn from
+    (`seed`, input pipeline, e) alone, so a run resumed at `start_step`
+    continues the batches where they stopped: it starts at the epoch of
+    that step and skips the examples already used, unparsed.
 
     Args:
         files: str or sequence of str. Record files or glob patterns, e.g.
@@ -356,16 +408,24 @@ def train_dataset(
         scale_step: float. The scale is drawn from {min_scale, min_scale +
             scale_step, ..., max_scale}. Defaults to 0.25.
         ignore_label: int. Label padding value. Defaults to 255.
-        shuffle_buffer: int. Examples in the shuffle buffer. Defaults to
-            10582, a whole epoch of train_aug, as the original.
+        shuffle_buffer: int. Examples shuffled together: each epoch is
+            permuted in blocks of this many (held in memory, serialized).
+            Defaults to 10582, a whole epoch of train_aug, as the original.
         seed: int or None. With an int, the pipeline is deterministic (same
-            batches on every run); None draws fresh randomness and lets
-            parallel stages reorder for speed. Defaults to None.
-        repeat: bool. Whether to repeat forever. Defaults to False (one epoch
-            per iteration; each iteration reshuffles and re-augments).
+            batches on every run, epoch after epoch); None draws fresh
+            randomness at every iteration and lets parallel stages reorder
+            for speed. Defaults to None.
+        repeat: bool. Whether to go on epoch after epoch forever. Defaults to
+            False (one epoch).
         input_context: `tf.distribute.InputContext` or None. Given by
             `strategy.distribute_datasets_from_function`; shards the input
             per pipeline. Defaults to None.
+        start_step: int. Global steps already trained (each takes
+            `batch_size` examples over all pipelines): the dataset starts
+            with the batches of the step after them, as if that many had been
+            read. Only with a `seed` (without one, the order is new anyway
+            and nothing is skipped). Counting where the step falls reads the
+            pipeline's records once. Defaults to 0.
 
     Returns:
         A `tf.data.Dataset` of (images, labels): float32
@@ -384,29 +444,48 @@ def train_dataset(
     checks.size_2d("crop_size", crop_size)
     checks.int_in_range("ignore_label", ignore_label, 0, 255)
     checks.positive_int("shuffle_buffer", shuffle_buffer)
+    checks.non_negative_int("start_step", start_step)
     scales = scale_values(min_scale, max_scale, scale_step)
     files = resolve_files(files)
     deterministic = seed is not None
     per_replica_batch = _per_replica_batch_size(batch_size, input_context)
-    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    _, pipeline_id, _ = _sharding(files, input_context)
 
-    dataset = _records(
-        files,
-        input_context,
-        _MAX_CYCLE_LENGTH,
-        deterministic,
-        shuffle_files_seed=seed,
-        shuffle_files=True,
+    start_epoch, skip = 0, 0
+    if seed is None:
+        run_seeds = tf.data.Dataset.random(rerandomize_each_iteration=True).take(1)
+    else:
+        run_seeds = tf.data.Dataset.from_tensors(tf.constant(seed, tf.int64))
+        if start_step:
+            start_epoch, skip = divmod(
+                start_step * _examples_per_step(batch_size, input_context),
+                _examples_per_epoch(files, input_context),
+            )
+    end_epoch = tf.int64.max if repeat else start_epoch + 1
+
+    def epoch_examples(run_seed, epoch):
+        """(serialized example, its augmentation seed) of one epoch, in order."""
+        key = tf.stack([run_seed, tf.constant(pipeline_id, tf.int64)])
+        key = tf.random.experimental.stateless_fold_in(key, epoch)
+        file_order_seed, order_seed, augment_seed = tf.unstack(
+            tf.random.experimental.stateless_split(key, num=3)
+        )
+        examples = _records(files, input_context, _MAX_CYCLE_LENGTH, deterministic, file_order_seed)
+        examples = _block_shuffle(examples, shuffle_buffer, order_seed)
+        # Each example's seed from its index in the epoch.
+        seeds = tf.data.Dataset.range(tf.int64.max).map(
+            lambda index: tf.random.experimental.stateless_fold_in(augment_seed, index)
+        )
+        examples = tf.data.Dataset.zip((examples, seeds))
+        return examples.skip(tf.where(epoch == start_epoch, tf.constant(skip, tf.int64), 0))
+
+    dataset = run_seeds.flat_map(
+        lambda run_seed: tf.data.Dataset.range(start_epoch, end_epoch).flat_map(
+            lambda epoch: epoch_examples(run_seed, epoch)
+        )
     )
-    dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
-    # One stateless seed (2,) per example; new ones every iteration.
-    element_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    dataset = tf.data.Dataset.zip((dataset, element_seeds))
 
     def parse_and_augment(serialized, element_seed):
-        element_seed = tf.random.experimental.stateless_fold_in(element_seed, pipeline_id)
         image, label = records.parse_example(serialized)
         return augment(image, label, element_seed, crop_size, scales, ignore_label)
 
