@@ -188,3 +188,33 @@ def test_imagenet_style_checkpoint(tmp_path):
         "resnet_v2_50", "pac", units_per_block=SMALL, imagenet_style=True
     )
     assert v2["resnet_v2_50/conv1/biases"] == [64]  # slim's public v2 checkpoints have it
+
+
+@pytest.mark.parametrize("fine_tune_batch_norm", [True, False])
+def test_training_graph_trains_the_originals_variables_and_updates_moving_statistics(
+    fine_tune_batch_norm,
+):
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [None, 33, 33, 3])
+        labels = tf.compat.v1.placeholder(tf.int32, [None, 33, 33, 1])
+        step = ref.build_training_graph(
+            images,
+            labels,
+            "resnet_v1_50",
+            "pac",
+            units_per_block=SMALL,
+            fine_tune_batch_norm=fine_tune_batch_norm,
+        )
+        trainable = {v.op.name for v in tf.compat.v1.trainable_variables()}
+        trained = {v.op.name for v in step["trained_variables"]}
+        batch_norms = [n for n in trainable if n.endswith("/gamma")]
+        updates = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+    frozen = {n for n in trainable if n.endswith(("/beta", "/gamma"))}
+    assert len(batch_norms) > 20
+    if fine_tune_batch_norm:
+        assert trained == trainable - frozen
+        assert len(updates) == 2 * len(batch_norms)  # moving mean and variance each
+    else:
+        assert trained == trainable
+        assert not updates

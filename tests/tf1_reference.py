@@ -1,11 +1,17 @@
 """Stand-in for the original TF1 network, for parity tests of the Keras model.
 
-This module rebuilds, in ``tf.compat.v1`` graph mode, the INFERENCE path of the
-original ``Tamuel/TF_SemanticSegmentation`` segmentation network (ResNet v1
-"beta" or ResNet v2 backbone, PAC or ASPP head, 1x1 decoder with an
-align-corners bilinear resize), creating every variable under the exact name
-and shape the original code gives it, so that the checkpoints written here
-look like the checkpoints users of the original hold (see SPEC.md §1 and §4).
+This module rebuilds, in ``tf.compat.v1`` graph mode, the original
+``Tamuel/TF_SemanticSegmentation`` segmentation network (ResNet v1 "beta" or
+ResNet v2 backbone, PAC or ASPP head, 1x1 decoder with an align-corners
+bilinear resize), creating every variable under the exact name and shape the
+original code gives it, so that the checkpoints written here look like the
+checkpoints users of the original hold (docs/design.md §2, §3). Besides the
+inference path it has the original's training step (docs/design.md §6,
+`build_training_graph`): BatchNorm as slim's fused ``batch_norm`` trains
+(batch statistics, moving averages in ``UPDATE_OPS``), the boundary-aware
+loss (tests/tf1_losses.py) plus slim's L2, the variables the original
+trains, TF1's ``MomentumOptimizer`` on ``polynomial_decay``; dropout is left
+out (identity), so that the step is deterministic.
 
 It is written independently of ``tf_pacseg``: it only uses raw TF ops
 (``tf.nn.conv2d``, ``tf.compat.v1.nn.fused_batch_norm``, ...) and
@@ -21,6 +27,7 @@ used by the rest of the test-suite is untouched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -32,6 +39,7 @@ BN_EPSILON = 1e-5
 PAC_RATES = (1, 3, 5, 7, 9)
 ASPP_RATES = (6, 12, 18)
 HEAD_DEPTH = 256
+BACKBONE_BATCH_NORM_DECAY = 0.95  # the original's resnet_arg_scope
 IMAGENET_CLASSES = 1001
 
 ARCHITECTURES = ("resnet_v1_50", "resnet_v1_101", "resnet_v2_50", "resnet_v2_101")
@@ -54,8 +62,34 @@ _RESIDUAL_KERNEL_SCALE = 0.35
 # --------------------------------------------------------------------------
 
 
+# Graph collection of (moving statistic variable, its batch value) pairs.
+_BATCH_STATISTICS = "batch_statistics"
+# slim's batch_norm arguments in force (its arg_scope): training mode and decay.
+_BATCH_NORM_MODE = {"is_training": False, "decay": 0.9997, "fused": True}
+
+
+@contextlib.contextmanager
+def _batch_norm_arg_scope(is_training, decay, fused=True):
+    saved = dict(_BATCH_NORM_MODE)
+    _BATCH_NORM_MODE.update(is_training=is_training, decay=decay, fused=fused)
+    try:
+        yield
+    finally:
+        _BATCH_NORM_MODE.update(saved)
+
+
 def _batch_norm(x, relu, scope="BatchNorm"):
-    """Inference-mode BatchNorm with slim's variable names under `scope`."""
+    """slim.batch_norm (fused, scale=True) with slim's variable names under `scope`.
+
+    Training mode normalises with the batch statistics and adds to UPDATE_OPS
+    slim's `assign_moving_average(moving, batch, decay, zero_debias=False)`:
+    `moving -= (moving - batch) * (1 - decay)`, fed with what the fused op
+    returns (the batch mean and the n/(n-1)-corrected batch variance).
+    Unfused (`fused=False` in the arg scope): the same arithmetic through
+    separate ops (moments, batch_normalization, the n/(n-1) factor), whose
+    different rounding measures how much the step's float noise owes to
+    the order of operations.
+    """
     channels = int(x.shape[-1])
     with v1.variable_scope(scope):
         beta = v1.get_variable("beta", [channels], initializer=v1.zeros_initializer())
@@ -66,9 +100,25 @@ def _batch_norm(x, relu, scope="BatchNorm"):
         var = v1.get_variable(
             "moving_variance", [channels], initializer=v1.ones_initializer(), trainable=False
         )
-        y, _, _ = v1.nn.fused_batch_norm(
-            x, gamma, beta, mean=mean, variance=var, epsilon=BN_EPSILON, is_training=False
-        )
+        if _BATCH_NORM_MODE["is_training"] and _BATCH_NORM_MODE["fused"]:
+            y, batch_mean, batch_var = v1.nn.fused_batch_norm(
+                x, gamma, beta, epsilon=BN_EPSILON, is_training=True
+            )
+        elif _BATCH_NORM_MODE["is_training"]:
+            batch_mean, biased = tf.nn.moments(x, [0, 1, 2])
+            y = tf.nn.batch_normalization(x, batch_mean, biased, beta, gamma, BN_EPSILON)
+            count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+            batch_var = biased * (count / tf.maximum(count - 1.0, 1.0))
+        if _BATCH_NORM_MODE["is_training"]:
+            complement = 1.0 - _BATCH_NORM_MODE["decay"]
+            for moving, batch in ((mean, batch_mean), (var, batch_var)):
+                update = v1.assign_sub(moving, (moving - batch) * complement)
+                v1.add_to_collection(v1.GraphKeys.UPDATE_OPS, update)
+                v1.add_to_collection(_BATCH_STATISTICS, (moving, batch))
+        else:
+            y, _, _ = v1.nn.fused_batch_norm(
+                x, gamma, beta, mean=mean, variance=var, epsilon=BN_EPSILON, is_training=False
+            )
     return tf.nn.relu(y) if relu else y
 
 
@@ -306,29 +356,41 @@ def build_reference_graph(
     units_per_block=None,
     multi_grid=(1, 2, 4),
     end_points=None,
+    batch_norm_training=False,
+    batch_norm_decay=0.9997,
+    fused_batch_norm=True,
 ):
-    """Build the original inference graph on `images_placeholder` (float RGB 0..255).
+    """Build the original graph on `images_placeholder` (float RGB 0..255).
 
     Must be called inside a ``tf.Graph().as_default()`` context.  Returns the
     logits [N, H, W, num_classes] resized (align_corners=True) to the input
     size.  If `end_points` is a dict it receives intermediate tensors: 'root',
     'pool1', 'block1'..'block4', 'backbone', 'head', 'decoder' (pre-resize).
+    `batch_norm_training`: BatchNorm in training mode (the original's
+    `is_training and fine_tune_batch_norm`), with the backbone's decay 0.95
+    and the head's `batch_norm_decay`; `fused_batch_norm=False` computes it
+    through separate ops (see `_batch_norm`).
     """
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}")
     if end_points is None:
         end_points = {}
     inputs = preprocess(images_placeholder)
-    features = _backbone(
-        inputs, base_architecture, output_stride, units_per_block, multi_grid, end_points
-    )
-    with v1.variable_scope("network"):
+    with _batch_norm_arg_scope(batch_norm_training, BACKBONE_BATCH_NORM_DECAY, fused_batch_norm):
+        features = _backbone(
+            inputs, base_architecture, output_stride, units_per_block, multi_grid, end_points
+        )
+    with (
+        v1.variable_scope("network"),
+        _batch_norm_arg_scope(batch_norm_training, batch_norm_decay, fused_batch_norm),
+    ):
         if head == "pac":
             net = _pac_head(features)
         else:
             net = _aspp_head(features, output_stride)
         end_points["head"] = net
-        # dropout (keep 0.9) is training-only: identity here.
+        # Dropout (keep 0.9) is left out in training too: the parity tests
+        # need a deterministic step.
         net = _conv(net, num_classes, 1, "conv2d", bn=False, relu=False)
         end_points["decoder"] = net
     return _resize_align_corners(net, tf.shape(images_placeholder)[1:3])
@@ -549,6 +611,184 @@ def reference_logits(
             return _run_batches(sess, placeholder, logits, images)
 
 
+# --------------------------------------------------------------------------
+# the training step
+# --------------------------------------------------------------------------
+
+
+def build_training_graph(
+    images,
+    labels,
+    base_architecture,
+    head,
+    output_stride=16,
+    num_classes=21,
+    units_per_block=None,
+    multi_grid=(1, 2, 4),
+    fine_tune_batch_norm=True,
+    batch_norm_decay=0.9997,
+    weight_decay=1e-4,
+    loss="bal",
+    initial_learning_rate=0.007,
+    end_learning_rate=0.0,
+    power=0.9,
+    max_iter=30000,
+    initial_global_step=0,
+    momentum=0.9,
+    fused_batch_norm=True,
+):
+    """The original `model_fn`'s training step on `images` (float RGB) and `labels` (int [N,H,W,1]).
+
+    Loss = boundary-aware loss (or plain cross entropy with `loss="ce"`) +
+    slim's L2 (`weight_decay * sum(w**2) / 2` per conv kernel); trains every
+    trainable variable, minus the names containing 'beta' or 'gamma' with
+    `fine_tune_batch_norm`; `MomentumOptimizer` on `polynomial_decay` of
+    `global_step - initial_global_step`, after the UPDATE_OPS. Must be called
+    inside a ``tf.Graph().as_default()`` context. `fused_batch_norm`: see
+    `build_reference_graph`.
+
+    Returns:
+        dict: `train_op`, `loss` (the total, before the update), `learning_rate`,
+        `trained_variables`.
+    """
+    import tf1_losses  # Only the training step needs the loss.
+
+    if loss not in ("bal", "ce"):
+        raise ValueError(f"unknown loss {loss!r}")
+    logits = build_reference_graph(
+        images,
+        base_architecture,
+        head,
+        output_stride,
+        num_classes,
+        units_per_block=units_per_block,
+        multi_grid=multi_grid,
+        batch_norm_training=fine_tune_batch_norm,
+        batch_norm_decay=batch_norm_decay,
+        fused_batch_norm=fused_batch_norm,
+    )
+    _, data_loss = tf1_losses.boundary_aware_loss(
+        labels, logits, num_classes, use_weights=loss == "bal"
+    )
+    kernels = [v for v in v1.trainable_variables() if v.op.name.endswith("/weights")]
+    total = data_loss + tf.add_n([weight_decay * tf.nn.l2_loss(k) for k in kernels])
+    global_step = v1.train.get_or_create_global_step()
+    learning_rate = v1.train.polynomial_decay(
+        initial_learning_rate,
+        tf.cast(global_step, tf.int32) - initial_global_step,
+        max_iter,
+        end_learning_rate,
+        power=power,
+    )
+    trained = [
+        v
+        for v in v1.trainable_variables()
+        if not (fine_tune_batch_norm and ("beta" in v.name or "gamma" in v.name))
+    ]
+    optimizer = v1.train.MomentumOptimizer(learning_rate, momentum)
+    with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
+        train_op = optimizer.minimize(total, global_step=global_step, var_list=trained)
+    return {
+        "train_op": train_op,
+        "loss": total,
+        "learning_rate": learning_rate,
+        "trained_variables": trained,
+    }
+
+
+def _training_placeholders():
+    images = v1.placeholder(tf.float32, [None, None, None, 3], name="images")
+    labels = v1.placeholder(tf.int32, [None, None, None, 1], name="labels")
+    return images, labels
+
+
+def reference_training_steps(checkpoint_prefix, images, labels, steps=2, **kwargs):
+    """Restores `checkpoint_prefix` and runs `steps` training steps on one batch.
+
+    Variables absent from the checkpoint (Momentum slots, global_step) start
+    at zero, as in a fresh Estimator run.
+
+    Args:
+        checkpoint_prefix: a checkpoint of the network described by `kwargs`.
+        images: float32 [N, H, W, 3], RGB 0..255.
+        labels: int [N, H, W] or [N, H, W, 1], 255 = ignore.
+        steps: int. Training steps, all on this batch.
+        **kwargs: `build_training_graph`'s arguments after `labels`.
+
+    Returns:
+        dict: `losses` (each step's total loss, before its update),
+        `learning_rates`, `initial` ({name: value} of every variable before
+        the first step) and `variables` (a list with the same dict after each
+        step; optimizer slots are named `<variable>/Momentum`).
+    """
+    prefix = _resolve_prefix(checkpoint_prefix)
+    labels = np.asarray(labels, np.int32).reshape(np.shape(images)[:3] + (1,))
+    graph = tf.Graph()
+    with graph.as_default():
+        images_ph, labels_ph = _training_placeholders()
+        step = build_training_graph(images_ph, labels_ph, **kwargs)
+        variables = v1.global_variables()
+        stored = {name for name, _ in tf.train.list_variables(prefix)}
+        saver = v1.train.Saver(var_list=[v for v in variables if v.op.name in stored])
+        feeds = {images_ph: np.asarray(images, np.float32), labels_ph: labels}
+        with v1.Session(graph=graph) as sess:
+            sess.run(v1.global_variables_initializer())
+            saver.restore(sess, prefix)
+
+            def snapshot():
+                return dict(zip([v.op.name for v in variables], sess.run(variables), strict=True))
+
+            result = {"losses": [], "learning_rates": [], "initial": snapshot(), "variables": []}
+            for _ in range(steps):
+                _, loss, rate = sess.run(
+                    [step["train_op"], step["loss"], step["learning_rate"]], feeds
+                )
+                result["losses"].append(float(loss))
+                result["learning_rates"].append(float(rate))
+                result["variables"].append(snapshot())
+    return result
+
+
+def calibrate_batch_norm(
+    checkpoint_prefix,
+    images,
+    base_architecture,
+    head,
+    output_stride=16,
+    num_classes=21,
+    units_per_block=None,
+    multi_grid=(1, 2, 4),
+):
+    """Sets every BatchNorm's moving statistics to the batch statistics of `images`.
+
+    One training-mode forward pass (batch mean, n/(n-1)-corrected variance per
+    BatchNorm); the checkpoint is rewritten in place. Gives moving
+    statistics of the scale real activations have, unlike random ones.
+    """
+    prefix = _resolve_prefix(checkpoint_prefix)
+    graph = tf.Graph()
+    with graph.as_default():
+        images_ph, _ = _training_placeholders()
+        build_reference_graph(
+            images_ph,
+            base_architecture,
+            head,
+            output_stride,
+            num_classes,
+            units_per_block=units_per_block,
+            multi_grid=multi_grid,
+            batch_norm_training=True,
+        )
+        pairs = v1.get_collection(_BATCH_STATISTICS)
+        saver = v1.train.Saver(var_list=v1.global_variables())
+        with v1.Session(graph=graph) as sess:
+            saver.restore(sess, prefix)
+            values = sess.run([batch for _, batch in pairs], {images_ph: images})
+            for (moving, _), value in zip(pairs, values, strict=True):
+                moving.load(value, sess)
+            saver.save(sess, prefix, write_meta_graph=False)
+
+
 def reference_variable_shapes(
     base_architecture,
     head,
@@ -590,6 +830,9 @@ def list_checkpoint_variables(prefix):
 
 __all__ = (
     "build_reference_graph",
+    "build_training_graph",
+    "reference_training_steps",
+    "calibrate_batch_norm",
     "write_reference_checkpoint",
     "reference_logits",
     "reference_variable_shapes",
