@@ -6,15 +6,16 @@ r"""Evaluates a segmentation model on PASCAL VOC val: IoU per class, mIoU, pixel
         --evaluation_data_list=dataset/val.txt --output_json=val.json
 
 Each image is padded bottom/right to at least --input_height x --input_width
-with the mean pixel (labels with 255, which the metric ignores) and evaluated
-at that size, as the original evaluated during training.
+with the mean pixel (labels with --ignore_label, which the metrics leave out)
+and evaluated at that size, as the original evaluated during training.
+Runs on either Keras backend (KERAS_BACKEND=tensorflow or jax).
 """
 
 import sys
 
 from absl import flags
 
-from tf_pacseg import cli
+from tf_pacseg import cli, constants
 from tf_pacseg.model_flags import define_model_flags, load_model_from_flags
 
 define_model_flags()
@@ -48,6 +49,13 @@ flags.DEFINE_list(
     "0.5,0.75,1.0,1.25,1.5,1.75.",
 )
 flags.DEFINE_bool("add_flipped_images", False, "Also average over left-right flipped images.")
+flags.DEFINE_integer(
+    "ignore_label",
+    constants.IGNORE_LABEL,
+    "Label value of the pixels left out of the metrics (and of the label padding).",
+    lower_bound=0,
+    upper_bound=255,
+)
 flags.DEFINE_string("output_json", None, "Also write the results (and confusion matrix) here.")
 flags.mark_flag_as_required("model_dir")
 FLAGS = flags.FLAGS
@@ -79,6 +87,7 @@ def main():
             num_classes=FLAGS.num_classes,
             eval_scales=scales,
             add_flipped_images=FLAGS.add_flipped_images,
+            ignore_label=FLAGS.ignore_label,
         )
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"evaluate.py: {error}")

@@ -6,7 +6,8 @@ r"""Segments every image of a folder with a trained model.
 
 Images (.jpg, .jpeg, .png, .bmp, any case) run at their own size; outputs are
 named after the input (photos/cat.jpg -> masks/cat.png). Unreadable files are
-reported and skipped. The input folder is never written to.
+reported and skipped. The input folder is never written to. Runs on either
+Keras backend (KERAS_BACKEND=tensorflow or jax).
 """
 
 import sys

@@ -51,8 +51,15 @@ flags.DEFINE_integer("num_shards", 4, "TFRecord shards per split.", lower_bound=
 flags.DEFINE_integer(
     "num_classes",
     constants.NUM_CLASSES,
-    "Label values must be below this, or the ignore label 255.",
+    "Label values must be below this, or --ignore_label.",
     lower_bound=1,
+)
+flags.DEFINE_integer(
+    "ignore_label",
+    constants.IGNORE_LABEL,
+    "Label value of void pixels, allowed beside the class ids.",
+    lower_bound=0,
+    upper_bound=255,
 )
 flags.DEFINE_boolean(
     "strict", False, "Stop at the first bad sample instead of skipping it with a warning."
@@ -80,6 +87,7 @@ def main():
             label_data_dir=FLAGS.label_data_dir,
             num_shards=FLAGS.num_shards,
             num_classes=FLAGS.num_classes,
+            ignore_label=FLAGS.ignore_label,
             strict=FLAGS.strict,
             num_workers=FLAGS.num_workers,
         )

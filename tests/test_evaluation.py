@@ -10,7 +10,7 @@ import tensorflow as tf
 import tf1_reference
 from PIL import Image
 
-from tf_pacseg import constants, evaluation, metrics, records, saving, synthetic
+from tf_pacseg import constants, evaluation, inference, metrics, records, saving, synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CROP = (65, 65)
@@ -115,7 +115,7 @@ def reference(checkpoint, padded):
 
 
 def _logits(model, image):
-    return evaluation.logits_fn(model)(image[None])[0].numpy()
+    return inference.forward_fn(model)(image[None])[0].numpy()
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +189,26 @@ def test_padding_matters_so_it_is_applied(model, padded, records_result):
     assert cm.tolist() != records_result["confusion_matrix"]
 
 
+def test_another_ignore_label_leaves_out_its_pixels_and_pads_with_it(
+    model, voc, record_dir, tmp_path, records_result
+):
+    root, ids = voc
+    relabelled = [
+        np.where(_read_label(root, i) == 255, 20, _read_label(root, i)).astype(np.uint8)
+        for i in ids
+    ]
+    directory = str(tmp_path / "records")
+    _write_records(directory, [(_read_jpeg(root, i), relabelled[k]) for k, i in enumerate(ids)])
+    result = evaluation.evaluate(
+        model, data_dir=directory, batch_size=BATCH, crop_size=CROP, ignore_label=20, verbose=0
+    )
+    # Void relabelled 20 and ignored as 20 counts exactly the pixels 255 did.
+    assert result["confusion_matrix"] == records_result["confusion_matrix"]
+    # 255 is then an ordinary, out-of-range value.
+    with pytest.raises(ValueError, match="label values \\[255\\] .* ignore label 20"):
+        evaluation.evaluate(model, data_dir=record_dir, crop_size=CROP, ignore_label=20, verbose=0)
+
+
 def test_result_metrics_follow_the_confusion_matrix(records_result):
     cm = np.asarray(records_result["confusion_matrix"])
     assert cm.shape == (NUM_CLASSES, NUM_CLASSES)
@@ -246,7 +266,7 @@ def test_flipped_multi_scale_averaging_matches_manual_computation(model, voc, pa
             scaled = _resize(image[None], scaled_size)
             for flip in (False, True):
                 x = scaled[:, :, ::-1] if flip else scaled
-                logits = evaluation.logits_fn(model)(np.ascontiguousarray(x)).numpy()
+                logits = inference.forward_fn(model)(np.ascontiguousarray(x)).numpy()
                 logits = logits[:, :, ::-1] if flip else logits
                 total = total + tf.nn.softmax(_resize(logits, size)).numpy()
         probabilities.append(total[0] / 4)
@@ -255,9 +275,8 @@ def test_flipped_multi_scale_averaging_matches_manual_computation(model, voc, pa
 
 
 def test_scaled_size_keeps_corners_aligned():
-    sizes = evaluation.scaled_size(tf.constant([513, 65]), 0.5).numpy().tolist()
-    assert sizes == [257, 33]
-    assert evaluation.scaled_size(tf.constant([513]), 1.75).numpy().tolist() == [897]
+    assert inference.scaled_size((513, 65), 0.5) == (257, 33)
+    assert inference.scaled_size(513, 1.75) == 897
 
 
 @pytest.fixture
@@ -280,7 +299,7 @@ def test_label_size_mismatch_is_named(model, voc_copy):
     root, ids = voc_copy
     path = os.path.join(root, "SegmentationClassAug", ids[0] + ".png")
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(path)
-    with pytest.raises(ValueError, match=f"Label file {path} is 10x12"):
+    with pytest.raises(ValueError, match=f"label file {path} is 10x12"):
         evaluation.evaluate(model, **_folder_args(root), crop_size=CROP, verbose=0)
 
 

@@ -18,6 +18,9 @@ BASE_ARCHITECTURES = ("resnet_v1_50", "resnet_v1_101", "resnet_v2_50", "resnet_v
 HEADS = ("pac", "aspp")
 OUTPUT_STRIDES = (8, 16)
 
+# File name endings read as images, in any case, in order of preference.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
 # TFRecord feature keys, as written by the original converter.
 IMAGE_ENCODED = "image/encoded"
 IMAGE_FORMAT = "image/format"

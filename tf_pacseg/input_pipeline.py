@@ -536,24 +536,53 @@ def eval_dataset(
         width are the batch's largest, at least `crop_size`.
     """
     checks.positive_int("batch_size", batch_size)
-    checks.size_2d("crop_size", crop_size)
-    checks.int_in_range("ignore_label", ignore_label, 0, 255)
-    crop_height, crop_width = crop_size
     files = resolve_files(files)
-    per_replica_batch = _per_replica_batch_size(batch_size, input_context)
-
     # cycle_length=1: files one after another, records in order.
-    dataset = _records(files, input_context, cycle_length=1, deterministic=True)
+    examples = _records(files, input_context, cycle_length=1, deterministic=True)
+    return eval_batches(
+        examples,
+        _per_replica_batch_size(batch_size, input_context),
+        crop_size=crop_size,
+        ignore_label=ignore_label,
+        include_sizes=include_sizes,
+    )
+
+
+def eval_batches(
+    examples,
+    batch_size,
+    crop_size=(513, 513),
+    ignore_label=constants.IGNORE_LABEL,
+    include_sizes=False,
+):
+    """The padded evaluation batches of a dataset of serialized examples (see `eval_dataset`).
+
+    Args:
+        examples: `tf.data.Dataset` of serialized `tf.train.Example` strings,
+            in evaluation order (records, or folder samples encoded alike).
+        batch_size: int. Examples per batch; the last batch may be smaller.
+        crop_size: (height, width), the minimum padded size. Defaults to
+            (513, 513).
+        ignore_label: int. Label padding value. Defaults to 255.
+        include_sizes: bool. Also yield each example's unpadded (height,
+            width). Defaults to False.
+
+    Returns:
+        A `tf.data.Dataset`, as `eval_dataset`'s.
+    """
+    checks.positive_int("batch_size", batch_size)
+    crop_height, crop_width = checks.size_2d("crop_size", crop_size)
+    checks.int_in_range("ignore_label", ignore_label, 0, 255)
 
     def parse(serialized):
         image, label = records.parse_example(serialized)
         return image, label, tf.shape(image)[:2]
 
-    dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = examples.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # padded_batch takes one scalar pad value per component: pad the uint8
     # images with 0 here, and write the mean pixel in `pad_batch` below.
     dataset = dataset.padded_batch(
-        per_replica_batch,
+        batch_size,
         padded_shapes=([None, None, 3], [None, None, 1], [2]),
         padding_values=(
             tf.constant(0, tf.uint8),

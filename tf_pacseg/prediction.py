@@ -13,25 +13,25 @@ print(summary)
 ```
 """
 
+import concurrent.futures
 import dataclasses
 import os
 import time
-import weakref
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import logging
+from keras import ops
 from PIL import Image, ImageOps
 
-from tf_pacseg import checks, constants
-from tf_pacseg.evaluation import logits_fn, threaded_map
+from tf_pacseg import checks, constants, inference, voc
 from tf_pacseg.files import atomic_write
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 OUTPUT_FORMATS = ("color", "index", "overlay", "logits")
 OUTPUT_EXTENSIONS = {"color": ".png", "index": ".png", "overlay": ".png", "logits": ".npy"}
 DEFAULT_OVERLAY_OPACITY = 0.5
+# Threads reading images ahead of the model.
+_NUM_LOADERS = 4
 _PALETTE = [channel for colour in constants.VOC_PALETTE for channel in colour]
 
 
@@ -48,7 +48,7 @@ def list_images(input_dir):
         name
         for name in os.listdir(input_dir)
         if not name.startswith(".")
-        and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+        and os.path.splitext(name)[1].lower() in constants.IMAGE_EXTENSIONS
         and os.path.isfile(os.path.join(input_dir, name))
     )
     return [os.path.join(input_dir, name) for name in names]
@@ -107,38 +107,6 @@ def overlay_image(image, labels, opacity=DEFAULT_OVERLAY_OPACITY):
     colours = np.asarray(constants.VOC_PALETTE, np.float32)[np.asarray(labels)]
     blended = (1.0 - opacity) * image.astype(np.float32) + opacity * colours
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
-
-
-# tf.functions per model, kept while the model lives.
-_PREDICT_FN_CACHE = weakref.WeakKeyDictionary()
-
-
-def make_predict_fn(model, output="labels"):
-    """A `tf.function` of one uint8 image [H, W, 3], traced once for all sizes.
-
-    Args:
-        model: a Keras segmentation model (RGB 0..255 in, logits out).
-        output: str. `"labels"`: int32 class ids [H, W] (argmax of the
-            logits); `"logits"`: float32 logits [H, W, num_classes].
-
-    Returns:
-        The function.
-    """
-    checks.one_of("output", output, ("labels", "logits"))
-    cached = _PREDICT_FN_CACHE.setdefault(model, {})
-    if output in cached:
-        return cached[output]
-    forward = logits_fn(model)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
-    def predict(image):
-        logits = forward(tf.cast(image, tf.float32)[None])[0]  # (height, width, num_classes)
-        if output == "logits":
-            return logits
-        return tf.argmax(logits, axis=-1, output_type=tf.int32)  # (height, width)
-
-    cached[output] = predict
-    return predict
 
 
 def output_names(paths, extension):
@@ -251,10 +219,10 @@ def predict_folder(
     if not paths:
         raise ValueError(
             f"No images in {input_dir!r}: expected files ending in "
-            f"{', '.join(IMAGE_EXTENSIONS)} (any case)."
+            f"{', '.join(constants.IMAGE_EXTENSIONS)} (any case)."
         )
     os.makedirs(output_dir, exist_ok=True)
-    predict = make_predict_fn(model, "logits" if output_format == "logits" else "labels")
+    predict = inference.scores if output_format == "logits" else inference.predict_labels
     names = output_names(paths, OUTPUT_EXTENSIONS[output_format])
 
     def load(path):
@@ -268,16 +236,20 @@ def predict_folder(
         len(paths), verbose=verbose, unit_name="image", stateful_metrics=["images/s"]
     )
     start = time.perf_counter()
-    loaded = threaded_map(load, paths)
-    for done, (path, name, (image, error)) in enumerate(zip(paths, names, loaded, strict=True), 1):
-        if error is not None:
-            logging.warning("Skipping %s", error)
-            summary.failed.append((path, error))
-        else:
-            prediction = predict(image).numpy()
-            output_path = os.path.join(output_dir, name)
-            _write_output(output_path, output_format, image, prediction, overlay_opacity)
-            summary.written.append(output_path)
-        rate = done / max(time.perf_counter() - start, 1e-9)
-        progbar.update(done, values=[("images/s", rate)])
+    with concurrent.futures.ThreadPoolExecutor(_NUM_LOADERS) as executor:
+        loaded = voc.ordered_map(load, paths, executor, window=4 * _NUM_LOADERS)
+        for done, (path, name, (image, error)) in enumerate(
+            zip(paths, names, loaded, strict=True), 1
+        ):
+            if error is not None:
+                logging.warning("Skipping %s", error)
+                summary.failed.append((path, error))
+            else:
+                # Each image at its own size: (1, height, width, ...) -> (height, width, ...).
+                prediction = ops.convert_to_numpy(predict(model, image[None].astype(np.float32)))[0]
+                output_path = os.path.join(output_dir, name)
+                _write_output(output_path, output_format, image, prediction, overlay_opacity)
+                summary.written.append(output_path)
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            progbar.update(done, values=[("images/s", rate)])
     return summary

@@ -51,7 +51,6 @@ REASONS = (MISSING_IMAGE, MISSING_LABEL, BAD_IMAGE, BAD_LABEL, SIZE_MISMATCH, BA
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_KNOWN_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Samples in flight in the pool: keeps every worker busy and memory flat when
 # decoding outpaces writing.
 _WINDOW = 256
@@ -176,7 +175,7 @@ def read_id_list(path):
                 continue
             name = posixpath.basename(line.split()[0].replace("\\", "/"))
             stem, extension = os.path.splitext(name)
-            ids.append(stem if extension.lower() in _KNOWN_EXTENSIONS else name)
+            ids.append(stem if extension.lower() in constants.IMAGE_EXTENSIONS else name)
     return ids
 
 
@@ -186,7 +185,7 @@ def decode_label_png(data, path="<label>"):
     One-channel PNGs (mode 'L', or 'P' whose palette indices are the class ids,
     as in VOC's SegmentationClass) are read as indices; RGB PNGs are mapped
     through the VOC colour palette. Values are not checked against a class
-    count here; `load_sample` does that.
+    count here; `check_label_values` does that.
 
     Args:
         data: bytes. The PNG file's contents.
@@ -235,8 +234,18 @@ def _colours_to_indices(rgb, path):
     return _PALETTE_ORDER[positions].astype(np.uint8)
 
 
-def _check_values(label, num_classes, path):
-    """Raises if `label` has values outside [0, num_classes) other than IGNORE_LABEL."""
+def check_label_values(label, num_classes, where, ignore_label=constants.IGNORE_LABEL):
+    """Raises if `label` has values outside [0, num_classes) other than `ignore_label`.
+
+    Args:
+        label: int array of class ids.
+        num_classes: int.
+        where: str. What holds the label, for the message (e.g. "label file x.png").
+        ignore_label: int. The value of pixels left out. Defaults to 255.
+
+    Raises:
+        InvalidSampleError: with reason `BAD_LABEL_VALUES`, listing the values.
+    """
     # The common case, ten times cheaper than counting the values.
     if label.min(initial=0) >= 0 and label.max(initial=0) < num_classes:
         return
@@ -244,14 +253,14 @@ def _check_values(label, num_classes, path):
         present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
     else:
         present = np.unique(label)
-    bad = [int(v) for v in present if (v < 0 or v >= num_classes) and v != constants.IGNORE_LABEL]
+    bad = [int(v) for v in present if (v < 0 or v >= num_classes) and v != ignore_label]
     if bad:
         listed = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
         raise InvalidSampleError(
             BAD_LABEL_VALUES,
-            f"label file {path} has values [{listed}] outside [0, {num_classes}) that are not "
-            f"the ignore label {constants.IGNORE_LABEL}. Check `num_classes` and that the "
-            "labels hold class indices.",
+            f"{where} has label values [{listed}] outside [0, {num_classes}) that are not "
+            f"the ignore label {ignore_label}. Check `num_classes` and that the labels hold "
+            "class indices.",
         )
 
 
@@ -282,15 +291,39 @@ def _image_size(data, path):
     return image.height, image.width
 
 
-def load_sample(sample_id, image_path, label_path, num_classes=constants.NUM_CLASSES):
+def sample_paths(image_dir, label_dir, sample_id):
+    """(image path, label path) of a sample: `<image_dir>/<id>.jpg` and `<label_dir>/<id>.png`.
+
+    The image may also end in another of `constants.IMAGE_EXTENSIONS`, in
+    any case (it must still hold a JPEG); if none exists, the `.jpg` name is
+    returned, for the message that says it is missing.
+    """
+    names = [sample_id + e for ext in constants.IMAGE_EXTENSIONS for e in (ext, ext.upper())]
+    paths = [os.path.join(image_dir, name) for name in names]
+    image_path = next((path for path in paths if os.path.isfile(path)), paths[0])
+    return image_path, os.path.join(label_dir, sample_id + ".png")
+
+
+def load_sample(
+    sample_id,
+    image_path,
+    label_path,
+    num_classes=constants.NUM_CLASSES,
+    ignore_label=constants.IGNORE_LABEL,
+):
     """Reads and validates one image/label pair.
+
+    The one reader of VOC-style folders: the converter writes what it returns
+    into records, and folder evaluation encodes it as a record too, so that
+    both decode the same bytes with the same parser.
 
     Args:
         sample_id: str. The id, carried into the result.
         image_path: str. The JPEG file.
         label_path: str. The label PNG (indices, palette or VOC colours).
-        num_classes: int. Label values must be in [0, num_classes) or 255.
-            Defaults to 21.
+        num_classes: int. Label values must be in [0, num_classes) or
+            `ignore_label`. Defaults to 21.
+        ignore_label: int. Label of pixels left out. Defaults to 255.
 
     Returns:
         A `Sample` with the image file's exact bytes and the label re-encoded
@@ -314,7 +347,7 @@ def load_sample(sample_id, image_path, label_path, num_classes=constants.NUM_CLA
             f"label file {label_path} is {label.shape[0]}x{label.shape[1]} (height x width) "
             f"but image file {image_path} is {height}x{width}.",
         )
-    _check_values(label, num_classes, label_path)
+    check_label_values(label, num_classes, f"label file {label_path}", ignore_label)
     return Sample(sample_id, image_jpeg, encode_label_png(label.astype(np.uint8)), height, width)
 
 
@@ -326,20 +359,46 @@ def _load_task(task):
         return error
 
 
-def _ordered_results(tasks, executor, window):
-    """`_load_task` over `tasks` in order, with at most `window` tasks in flight."""
+def ordered_map(function, items, executor=None, window=_WINDOW):
+    """`map(function, items)` computed ahead by `executor`, in order, with bounded memory.
+
+    Args:
+        function: callable of one item (picklable for a process pool).
+        items: iterable.
+        executor: a `concurrent.futures.Executor`, or `None` to map in this
+            thread. Defaults to `None`.
+        window: int. Items in flight at most. Defaults to 256.
+
+    Yields:
+        `function(item)` for each item, in order. An exception raised by
+        `function` is raised here, at its item.
+    """
     if executor is None:
-        yield from map(_load_task, tasks)
+        yield from map(function, items)
         return
-    tasks = iter(tasks)
+    items = iter(items)
     pending = collections.deque(
-        executor.submit(_load_task, t) for t in itertools.islice(tasks, window)
+        executor.submit(function, item) for item in itertools.islice(items, window)
     )
-    while pending:
-        result = pending.popleft().result()
-        for task in itertools.islice(tasks, 1):
-            pending.append(executor.submit(_load_task, task))
-        yield result
+    try:
+        while pending:
+            result = pending.popleft().result()
+            pending.extend(executor.submit(function, item) for item in itertools.islice(items, 1))
+            yield result
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def load_samples(tasks, executor=None):
+    """`load_sample(*task)` for each task, in order: a `Sample` or its `InvalidSampleError`.
+
+    Args:
+        tasks: iterable of `load_sample` argument tuples.
+        executor: a `concurrent.futures.Executor` that decodes ahead, or
+            `None` to decode in this thread. Defaults to `None`.
+    """
+    return ordered_map(_load_task, tasks, executor)
 
 
 def _shard_paths(output_path, split, num_shards):
@@ -369,6 +428,7 @@ def convert_split(
     output_path,
     num_shards=4,
     num_classes=constants.NUM_CLASSES,
+    ignore_label=constants.IGNORE_LABEL,
     strict=False,
     executor=None,
     list_path="",
@@ -388,8 +448,9 @@ def convert_split(
         label_dir: str. Folder of `<id>.png` labels.
         output_path: str. Folder for the shards (created if needed).
         num_shards: int. Number of shards. Defaults to 4.
-        num_classes: int. Label values must be in [0, num_classes) or 255.
-            Defaults to 21.
+        num_classes: int. Label values must be in [0, num_classes) or
+            `ignore_label`. Defaults to 21.
+        ignore_label: int. Label of pixels left out. Defaults to 255.
         strict: bool. Raise on the first bad sample instead of skipping it.
             Defaults to `False`.
         executor: a `concurrent.futures.Executor` that decodes samples, or
@@ -417,13 +478,12 @@ def convert_split(
     paths = _shard_paths(output_path, split, num_shards)
     temporary = [files.temporary_path(p) for p in paths]
     tasks = [
-        (i, os.path.join(image_dir, i + ".jpg"), os.path.join(label_dir, i + ".png"), num_classes)
-        for i in sample_ids
+        (i, *sample_paths(image_dir, label_dir, i), num_classes, ignore_label) for i in sample_ids
     ]
     progbar = keras.utils.Progbar(len(tasks), verbose=verbose, unit_name="image")
     skipped, num_written, shard, writer = [], 0, -1, None
     try:
-        results = _ordered_results(tasks, executor, _WINDOW)
+        results = load_samples(tasks, executor)
         for index, result in enumerate(results):
             # Contiguous runs: sample `index` of n goes to shard index * num_shards // n.
             while shard < index * num_shards // len(tasks):
@@ -502,6 +562,7 @@ def convert_voc(
     label_data_dir="SegmentationClassAug",
     num_shards=4,
     num_classes=constants.NUM_CLASSES,
+    ignore_label=constants.IGNORE_LABEL,
     strict=False,
     num_workers=None,
     verbose=1,
@@ -522,8 +583,9 @@ def convert_voc(
             absolute: index PNGs (`"SegmentationClassAug"`) or VOC palette PNGs
             (`"SegmentationClass"`). Defaults to `"SegmentationClassAug"`.
         num_shards: int. Shards per split. Defaults to 4.
-        num_classes: int. Label values must be in [0, num_classes) or 255.
-            Defaults to 21.
+        num_classes: int. Label values must be in [0, num_classes) or
+            `ignore_label`. Defaults to 21.
+        ignore_label: int. Label of pixels left out. Defaults to 255.
         strict: bool. Raise on the first bad sample instead of skipping it.
             Defaults to `False`.
         num_workers: int or None. Decoding processes; 0 or 1 decodes in this
@@ -582,6 +644,7 @@ def convert_voc(
                 output_path,
                 num_shards=num_shards,
                 num_classes=num_classes,
+                ignore_label=ignore_label,
                 strict=strict,
                 executor=executor,
                 list_path=list_path,
