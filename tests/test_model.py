@@ -202,7 +202,7 @@ def test_weight_decay_is_tf1_slim_l2_on_every_conv_kernel(tiny_model):
 
 
 def _expected_resnet_v1_101_pac_counts(num_classes=21):
-    """(trainable, non-trainable) parameters, counted from SPEC section 1 by hand."""
+    """(trainable, non-trainable) parameters, counted from docs/design.md §3 by hand."""
     trainable = non_trainable = 0
 
     def conv(k, cin, cout, batch_norm=True):
