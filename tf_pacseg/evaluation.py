@@ -147,7 +147,7 @@ def _batches(source, batch_size, crop_size, num_classes, ignore_label):
     """Batches (images float32 [N, H, W, 3], labels int32 [N, H, W]) of one padded size."""
     num_examples, examples, where, errors = source
     dataset = input_pipeline.eval_batches(
-        examples, batch_size, crop_size, ignore_label=ignore_label, include_sizes=True
+        examples, batch_size, crop_size=crop_size, ignore_label=ignore_label, include_sizes=True
     )
     iterator = iter(dataset)
     done = 0

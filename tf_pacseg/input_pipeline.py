@@ -499,15 +499,37 @@ def train_dataset(
     return dataset.with_options(options)
 
 
-def eval_dataset(
-    files,
+def eval_dataset(files, batch_size, input_context=None, **options):
+    """The evaluation pipeline of record files: whole images, padded, in file order.
+
+    Args:
+        files: str or sequence of str. Record files or glob patterns, e.g.
+            `records.find_record_files(data_dir, "val")`.
+        batch_size: int. Global batch size (per replica with `input_context`,
+            see `train_dataset`). The last batch may be smaller.
+        input_context: `tf.distribute.InputContext` or None. Defaults to None.
+        **options: `crop_size`, `ignore_label`, `include_sizes`: see
+            `eval_batches`.
+
+    Returns:
+        The `tf.data.Dataset` of `eval_batches`.
+    """
+    checks.positive_int("batch_size", batch_size)
+    files = resolve_files(files)
+    # cycle_length=1: files one after another, records in order.
+    examples = _records(files, input_context, cycle_length=1, deterministic=True)
+    return eval_batches(examples, _per_replica_batch_size(batch_size, input_context), **options)
+
+
+def eval_batches(
+    examples,
     batch_size,
+    *,
     crop_size=(513, 513),
     ignore_label=constants.IGNORE_LABEL,
     include_sizes=False,
-    input_context=None,
 ):
-    """The evaluation pipeline: whole images, padded, in file order.
+    """Padded evaluation batches of serialized examples (records, or folder samples encoded alike).
 
     No scaling or cropping. Each image is padded bottom/right to at least
     `crop_size`, then to the largest image of its batch: images with
@@ -517,58 +539,21 @@ def eval_dataset(
     most 500x500; it batched 2 x the training batch size.)
 
     Args:
-        files: str or sequence of str. Record files or glob patterns, e.g.
-            `records.find_record_files(data_dir, "val")`.
-        batch_size: int. Global batch size (per replica with `input_context`,
-            see `train_dataset`). The last batch may be smaller.
+        examples: `tf.data.Dataset` of serialized `tf.train.Example` strings,
+            in evaluation order.
+        batch_size: int. Examples per batch; the last batch may be smaller.
         crop_size: (height, width), the minimum padded size. Defaults to
             (513, 513).
         ignore_label: int. Label padding value. Defaults to 255.
         include_sizes: bool. Also yield each example's unpadded (height,
             width), to crop predictions back. Defaults to False, so that the
             elements are (x, y) pairs for `model.evaluate`.
-        input_context: `tf.distribute.InputContext` or None. Defaults to None.
 
     Returns:
         A `tf.data.Dataset` of (images, labels) or (images, labels, sizes):
         float32 (batch, height, width, 3) in 0..255, int32
         (batch, height, width, 1), and int32 (batch, 2), where height and
         width are the batch's largest, at least `crop_size`.
-    """
-    checks.positive_int("batch_size", batch_size)
-    files = resolve_files(files)
-    # cycle_length=1: files one after another, records in order.
-    examples = _records(files, input_context, cycle_length=1, deterministic=True)
-    return eval_batches(
-        examples,
-        _per_replica_batch_size(batch_size, input_context),
-        crop_size=crop_size,
-        ignore_label=ignore_label,
-        include_sizes=include_sizes,
-    )
-
-
-def eval_batches(
-    examples,
-    batch_size,
-    crop_size=(513, 513),
-    ignore_label=constants.IGNORE_LABEL,
-    include_sizes=False,
-):
-    """The padded evaluation batches of a dataset of serialized examples (see `eval_dataset`).
-
-    Args:
-        examples: `tf.data.Dataset` of serialized `tf.train.Example` strings,
-            in evaluation order (records, or folder samples encoded alike).
-        batch_size: int. Examples per batch; the last batch may be smaller.
-        crop_size: (height, width), the minimum padded size. Defaults to
-            (513, 513).
-        ignore_label: int. Label padding value. Defaults to 255.
-        include_sizes: bool. Also yield each example's unpadded (height,
-            width). Defaults to False.
-
-    Returns:
-        A `tf.data.Dataset`, as `eval_dataset`'s.
     """
     checks.positive_int("batch_size", batch_size)
     crop_height, crop_width = checks.size_2d("crop_size", crop_size)

@@ -95,27 +95,16 @@ def per_class_iou(cm):
 
 
 def mean_iou(cm):
-    """Mean IoU over the classes with a non-zero denominator; 0 if none.
-
-    Args:
-        cm: array-like [C, C], rows = ground truth, columns = prediction.
-
-    Returns:
-        float.
-    """
+    """Mean IoU over the classes with a non-zero denominator (0 if none), a float."""
     iou = per_class_iou(cm)
     present = ~np.isnan(iou)
     return float(iou[present].mean()) if present.any() else 0.0
 
 
 def pixel_accuracy(cm):
-    """Correct pixels / counted pixels; 0 for an empty matrix.
+    """Correct pixels / counted pixels (0 for an empty matrix), a float.
 
-    Args:
-        cm: array-like [C, C], rows = ground truth, columns = prediction.
-
-    Returns:
-        float.
+    `cm`, here and in `mean_iou`, is as in `per_class_iou`.
     """
     cm = _as_square_matrix(cm)
     total = cm.sum()

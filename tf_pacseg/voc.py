@@ -447,16 +447,11 @@ def convert_split(
         image_dir: str. Folder of `<id>.jpg` images.
         label_dir: str. Folder of `<id>.png` labels.
         output_path: str. Folder for the shards (created if needed).
-        num_shards: int. Number of shards. Defaults to 4.
-        num_classes: int. Label values must be in [0, num_classes) or
-            `ignore_label`. Defaults to 21.
-        ignore_label: int. Label of pixels left out. Defaults to 255.
-        strict: bool. Raise on the first bad sample instead of skipping it.
-            Defaults to `False`.
         executor: a `concurrent.futures.Executor` that decodes samples, or
             `None` to decode in this process. Defaults to `None`.
         list_path: str. The list file, for messages. Defaults to `""`.
-        verbose: int. 1 shows a progress bar, 0 is silent. Defaults to 1.
+        num_shards, num_classes, ignore_label, strict, verbose: as in
+            `convert_voc`.
 
     Returns:
         A `SplitSummary`.
