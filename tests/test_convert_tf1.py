@@ -102,7 +102,7 @@ def test_script_requires_its_flags():
 
 def test_convert_rejects_an_output_name_without_the_weights_suffix(estimator_checkpoint, tmp_path):
     prefix, _ = estimator_checkpoint
-    with pytest.raises(ValueError, match=r"Received: '.*model\.h5'"):
+    with pytest.raises(ValueError, match=r"Received: output_path='.*model\.h5'"):
         convert_tf1_checkpoint(prefix, os.fspath(tmp_path / "model.h5"))
     assert not list(tmp_path.iterdir())
 

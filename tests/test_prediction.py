@@ -201,6 +201,10 @@ def test_argument_errors(model, input_dir, tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="No images"):
         prediction.predict_folder(model, str(empty), str(tmp_path / "o"))
+    with pytest.raises(ValueError, match="Received: overlay_opacity=1.5"):
+        prediction.predict_folder(model, input_dir, str(tmp_path / "o"), overlay_opacity=1.5)
+    with pytest.raises(ValueError, match=r"Received: labels with ids in \[0, 300\]"):
+        prediction.color_image(np.array([[0, 300]]))
 
 
 def test_outputs_are_named_after_the_stem_unless_stems_collide():

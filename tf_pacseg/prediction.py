@@ -85,8 +85,9 @@ def color_image(labels):
     labels = np.asarray(labels)
     if labels.size and (labels.min() < 0 or labels.max() > 255):
         raise ValueError(
-            "Colour masks hold class ids 0..255 (the VOC palette's). Received ids in "
-            f"[{labels.min()}, {labels.max()}]; use output_format='index' or 'logits'."
+            "Invalid value for argument `labels`. Expected class ids in 0..255 (the VOC "
+            "palette's; use output_format='index' or 'logits' for more classes). Received: "
+            f"labels with ids in [{labels.min()}, {labels.max()}]"
         )
     image = Image.fromarray(labels.astype(np.uint8))  # Mode 'L' ...
     image.putpalette(_PALETTE)  # ... becomes 'P'.

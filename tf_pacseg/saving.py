@@ -133,8 +133,8 @@ def convert_tf1_checkpoint(checkpoint, weights_path, **overrides):
     """
     if not weights_path.endswith(WEIGHTS_SUFFIX):
         raise ValueError(
-            f"Invalid value for `output_path`: it must end in {WEIGHTS_SUFFIX}. "
-            f"Received: {weights_path!r}"
+            f"Invalid value for argument `output_path`. Expected a file name ending in "
+            f"{WEIGHTS_SUFFIX}. Received: output_path={weights_path!r}"
         )
     architecture = tf1_checkpoint.read_architecture(checkpoint)
     if architecture["head"] is None:
