@@ -1,7 +1,7 @@
 """Evaluation of a segmentation model on PASCAL VOC-style data: confusion matrix and mIoU.
 
 The protocol is the original's evaluation during training, applied the same
-way to TFRecords and to image/label folders:
+way to TFRecords and to image/label folders (docs/design.md §5, §7):
 
 1. Each image is padded bottom/right to at least `crop_size` (513x513) with
    the mean pixel `MEAN_RGB`, its label with the ignore label; nothing is

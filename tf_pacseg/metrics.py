@@ -2,7 +2,8 @@
 
 The confusion matrix counts pixels whose label is not `ignore_label`, rows =
 ground truth, columns = prediction. IoU_c = TP / (TP + FP + FN); mIoU is the
-mean over classes whose denominator is non-zero; pixel accuracy = trace / total.
+mean over classes whose denominator is non-zero; pixel accuracy = trace / total
+(docs/design.md §7).
 
 `confusion_matrix` and `ConfusionMatrix` are `keras.ops` (TensorFlow and JAX,
 inside `tf.function` / `jax.jit`); the functions of a finished matrix are NumPy.

@@ -1,7 +1,8 @@
 """TFRecord examples: the writer's encoding and the reader's parsing in one place.
 
 Keys and formats are those of the original converter, so its
-`voc_train.record` / `voc_val.record` files read like our shards.
+`voc_train.record` / `voc_val.record` files read like our shards
+(docs/design.md §5).
 """
 
 import glob

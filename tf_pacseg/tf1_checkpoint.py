@@ -4,7 +4,7 @@ Handles the released Estimator checkpoint (every network variable plus
 `global_step` and `.../Momentum` slots) and DeepLab's ImageNet backbones
 (`resnet_v1_101_beta`: backbone plus `<arch>/logits`). Variable names map to
 layers by the convention of `tf_pacseg.layers`: layer `a.b.conv1` holds TF1's
-`a/b/conv1/...`.
+`a/b/conv1/...` (docs/design.md §2).
 """
 
 import dataclasses

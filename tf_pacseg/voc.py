@@ -4,7 +4,8 @@ The layout is that of VOC2012 plus the augmented labels: `<image_dir>/<id>.jpg`,
 `<label_dir>/<id>.png` and list files of ids, one split per list. Images are
 stored byte for byte; labels are re-encoded as one-channel PNGs of class
 indices whatever their source (index PNG, palette PNG or RGB colour PNG), so
-every record reads the same way (`records.parse_example`).
+every record reads the same way (`records.parse_example`). Folder evaluation
+reads folders with the same `load_sample` (docs/design.md §5).
 
 Bad samples (missing or undecodable files, size mismatches, labels outside the
 class range) are skipped with a warning, as the original converter did, and
