@@ -63,7 +63,13 @@ class TFCheckpointer:
         self.strategy = strategy
         self.config = config
         self.chief = distribute.is_chief(strategy)
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        # Dropout's seed too (Keras leaves it out of the model's checkpoint), so
+        # that a resumed run draws what the uninterrupted one would.
+        weights = {id(v) for v in model.weights}
+        random_state = [v for v in model.variables if id(v) not in weights]
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=optimizer, random_state=random_state
+        )
         self.directory = distribute.write_dir(config.model_dir, strategy)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint,

@@ -7,9 +7,11 @@ evaluation (as the Estimator did), on SIGINT/SIGTERM and at the end;
 evaluation on the val records every `epochs_per_eval` epochs; training stops
 after `max_iter` steps (from `initial_global_step`) or `train_epochs` epochs,
 whichever comes first, and exports the model. Rerunning resumes at the saved
-step with the optimizer's momentum and the schedule intact (the input order
-restarts). A non-finite loss (or weight) stops training before anything is
-saved, leaving the last good checkpoint.
+step with the optimizer's momentum and the schedule intact, and, with a
+`seed`, the input order and augmentation where they stopped (no batch is
+seen twice; float16 loss scaling's skipped updates are not counted, so the
+batches of those are seen again). A non-finite loss (or weight) stops
+training before anything is saved, leaving the last good checkpoint.
 
 The engine (`tf_step.TFEngine` or `jax_step.JaxEngine`, chosen by the Keras
 backend) owns the model, the step, the input on the devices and the
@@ -121,7 +123,8 @@ class Trainer:
         self.step = engine.step
         if resumed:
             self.checkpointer.last_saved_step = self.step
-        self.batches = engine.batches(self.train_files)
+        # With a seed, the input continues where the checkpoint's steps left it.
+        self.batches = engine.batches(self.train_files, start_step=self.step - self.first_step)
         if self.chief:
             self.train_writer = tf.summary.create_file_writer(
                 os.path.join(config.model_dir, "train")

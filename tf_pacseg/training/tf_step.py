@@ -276,14 +276,15 @@ class TFEngine:
         """The optimizer's count of applied updates."""
         return int(self.optimizer.iterations.numpy())
 
-    def batches(self, files):
-        """Endless training batches, split over the replicas."""
+    def batches(self, files, start_step=0):
+        """Endless training batches, split over the replicas, after `start_step` steps' ones."""
         config = self.config
         dataset = input_pipeline.distribute_dataset(
             self.strategy,
             input_pipeline.train_dataset,
             files,
             config.batch_size,
+            start_step=start_step,
             **components.train_input_arguments(config),
         )
         return iter(dataset)
