@@ -25,7 +25,7 @@ _TINY_FLAGS = [
     "--pre_trained_model=",
     "--seed=1",
 ]
-# The original `_init_.py`'s options and defaults (SPEC §5).
+# The original `_init_.py`'s options and defaults (docs/design.md §6).
 _ORIGINAL_FLAGS = {
     "num_gpu": 1,
     "base_architecture": "resnet_v1_101",
@@ -127,22 +127,53 @@ def _read_until_progress(process, deadline):
     raise AssertionError("no progress line:\n" + "".join(lines[-50:]))
 
 
-@pytest.mark.slow
-def test_sigterm_saves_then_a_restart_resumes_and_finishes(records, tmp_path):
-    import tensorflow as tf
-
-    from tf_pacseg import saving
-    from tf_pacseg.optimizers import PolyDecay
-
-    model_dir = str(tmp_path / "model")
-    flags = [
+def _resumable_run_flags(records, model_dir, save_checkpoints_steps):
+    return [
         *_TINY_FLAGS,
         f"--data_dir={records}",
         f"--model_dir={model_dir}",
         "--max_iter=100",
         "--log_every_n_steps=1",
-        "--save_checkpoints_steps=100",
+        f"--save_checkpoints_steps={save_checkpoints_steps}",
     ]
+
+
+def _assert_resumed_on_schedule(log, first_step, last_step):
+    """Progress lines from `first_step` to `last_step`, each at its poly learning rate."""
+    from tf_pacseg.optimizers import PolyDecay
+
+    steps = [(int(m.group(1)), float(m.group(3))) for m in _PROGRESS.finditer(log)]
+    assert steps[0][0] == first_step and steps[-1][0] == last_step
+    schedule = PolyDecay(0.007, max_iter=100)
+    for step, learning_rate in steps:  # The lr of step s is the schedule at s - 1.
+        assert learning_rate == pytest.approx(float(schedule(step - 1)), rel=1e-3)
+    assert re.search(rf"Evaluation at step {last_step} .* mIoU [\d.]+", log)
+
+
+def _assert_outputs_at_step(model_dir, step, tolerance):
+    """model.weights.h5 of `step` loads (on TensorFlow) and the export gives its logits."""
+    import tensorflow as tf
+
+    from tf_pacseg import saving
+
+    model = saving.load_model(model_dir)  # What evaluate.py/predict.py read.
+    assert (
+        saving.read_model_description(os.path.join(model_dir, "model.weights.h5"))["step"] == step
+    )
+    served = tf.saved_model.load(os.path.join(model_dir, "export"))
+    images = np.random.default_rng(0).uniform(0, 255, (1, 37, 41, 3)).astype(np.float32)
+    logits = served.signatures["serving_default"](images=tf.constant(images))["logits"]
+    assert logits.shape == (1, 37, 41, 5)
+    expected = model(images, training=False).numpy()
+    np.testing.assert_allclose(logits, expected, atol=tolerance * np.abs(expected).max())
+
+
+@pytest.mark.slow
+def test_sigterm_saves_then_a_restart_resumes_and_finishes(records, tmp_path):
+    import tensorflow as tf
+
+    model_dir = str(tmp_path / "model")
+    flags = _resumable_run_flags(records, model_dir, save_checkpoints_steps=100)
     # A long run (25 epochs), stopped by SIGTERM once it trains.
     process = subprocess.Popen(
         [sys.executable, _TRAIN, *flags, "--train_epochs=25"],
@@ -174,26 +205,13 @@ def test_sigterm_saves_then_a_restart_resumes_and_finishes(records, tmp_path):
     log = process.stdout + process.stderr
     assert process.returncode == 0, log[-5000:]
     assert f"Resuming from {prefix}" in log
-    steps = [(int(m.group(1)), float(m.group(3))) for m in _PROGRESS.finditer(log)]
-    assert steps[0][0] == stopped_at + 1 and steps[-1][0] == 8
-    schedule = PolyDecay(0.007, max_iter=100)
-    for step, learning_rate in steps:  # The lr of step s is the schedule at s - 1.
-        assert learning_rate == pytest.approx(float(schedule(step - 1)), rel=1e-3)
-    assert re.search(r"Evaluation at step 8 .* mIoU [\d.]+", log)
+    _assert_resumed_on_schedule(log, stopped_at + 1, 8)
     assert {"mean_iou", "pixel_accuracy"} <= _event_tags(os.path.join(model_dir, "eval"))
     train_tags = _event_tags(os.path.join(model_dir, "train"))
     assert {"loss", "bal_loss", "regularization", "learning_rate", "mean_iou"} <= train_tags
     assert "input_ground_truth_prediction" in train_tags
-
-    model = saving.load_model(model_dir)  # What evaluate.py/predict.py read.
-    assert saving.read_model_description(os.path.join(model_dir, "model.weights.h5"))["step"] == 8
-    served = tf.saved_model.load(os.path.join(model_dir, "export"))
-    images = np.random.default_rng(0).uniform(0, 255, (1, 37, 41, 3)).astype(np.float32)
-    logits = served.signatures["serving_default"](images=tf.constant(images))["logits"]
-    assert logits.shape == (1, 37, 41, 5)
-    expected = model(images, training=False).numpy()
     # Same weights, separately traced graphs: equal up to float32 rounding.
-    np.testing.assert_allclose(logits, expected, atol=1e-5 * np.abs(expected).max())
+    _assert_outputs_at_step(model_dir, 8, tolerance=1e-5)
 
 
 @pytest.mark.slow
@@ -233,3 +251,57 @@ def test_clean_model_dir_starts_over_and_a_nan_stops_keeping_the_last_checkpoint
     model = saving.load_model(model_dir)
     assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)
     assert not os.path.exists(os.path.join(model_dir, "export"))
+
+
+@pytest.mark.slow
+def test_jax_engine_trains_resumes_evaluates_and_exports(records, tmp_path):
+    model_dir = str(tmp_path / "model")
+    flags = [
+        *_resumable_run_flags(records, model_dir, save_checkpoints_steps=3),
+        "--epochs_per_eval=0",
+    ]
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+
+    def train_jax(*extra):
+        process = subprocess.run(
+            [sys.executable, _TRAIN, *flags, *extra],
+            cwd=_REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        log = process.stdout + process.stderr
+        assert process.returncode == 0, log[-5000:]
+        return log
+
+    log = train_jax("--train_epochs=1")
+    assert "(jax engine) with jax.sharding data parallelism on 1 cpu device(s)" in log
+    assert sorted(os.listdir(model_dir)) == [
+        "ckpt-3.npz",
+        "ckpt-4.npz",
+        "export",
+        "model.json",
+        "model.weights.h5",
+        "train",
+    ]
+    with np.load(os.path.join(model_dir, "ckpt-4.npz")) as checkpoint:
+        paths = list(checkpoint["optimizer_paths"])
+        iterations = checkpoint[f"optimizer/{paths.index('tf1_momentum/iteration')}"]
+        assert int(iterations) == 4
+        momentum = [checkpoint[f"optimizer/{i}"] for i in range(len(paths)) if i != 0]
+        assert any(np.any(slot != 0) for slot in momentum)
+
+    # Two epochs: resumes at step 5 on the schedule, evaluates at the end, exports again.
+    log = train_jax("--train_epochs=2", "--epochs_per_eval=2")
+    assert f"Resuming from {os.path.join(model_dir, 'ckpt-4.npz')}" in log
+    _assert_resumed_on_schedule(log, 5, 8)
+    train_tags = _event_tags(os.path.join(model_dir, "train"))
+    assert {"loss", "bal_loss", "learning_rate", "input_ground_truth_prediction"} <= train_tags
+    # model.weights.h5 written on JAX, loaded on TensorFlow; the export traced through jax2tf.
+    _assert_outputs_at_step(model_dir, 8, tolerance=1e-4)
+
+    # The TensorFlow engine does not mistake the JAX run for a fresh one.
+    process = _train(*flags, timeout=300)
+    assert process.returncode == 1
+    assert "holds a checkpoint of the jax engine" in process.stderr

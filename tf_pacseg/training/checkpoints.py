@@ -1,19 +1,24 @@
 """Checkpoints of a run and the final export.
 
 Every save writes a resumable checkpoint (weights, optimizer variables, step)
-in `model_dir` and, on the chief, `model_dir/model.weights.h5` + `model.json`
-(read by evaluate.py and predict.py on either backend). A save refuses
+in `model_dir` (TensorFlow engine: a `tf.train.Checkpoint`, `ckpt-<step>.index`
++ data; JAX engine: `ckpt-<step>.npz`) and, on the chief,
+`model_dir/model.weights.h5` + `model.json` (read by evaluate.py and
+predict.py on either backend). A save refuses
 non-finite weights, so the last good checkpoint survives a diverging run.
 """
 
+import glob
 import os
 import shutil
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from tf_pacseg import distribute, saving
+from tf_pacseg.files import atomic_write
 from tf_pacseg.training.config import NonFiniteLossError
 
 CHECKPOINT_NAME = "ckpt"
@@ -40,12 +45,14 @@ def export_inference_model(model, export_dir):
     archive.track(model)
     archive.add_endpoint(
         "serve",
-        lambda images: {"logits": tf.cast(model(images, training=False), tf.float32)},
+        lambda images: {"logits": keras.ops.cast(model(images, training=False), "float32")},
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")],
     )
     partial = export_dir.rstrip("/") + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
-    archive.write_out(partial, verbose=False)
+    # Inference only: no gradient functions (which JAX-traced models cannot give).
+    options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
+    archive.write_out(partial, options=options, verbose=False)
     shutil.rmtree(export_dir, ignore_errors=True)
     os.replace(partial, export_dir)
 
@@ -55,14 +62,69 @@ def _all_finite(variables):
     return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in floats])
 
 
-class TFCheckpointer:
-    """Checkpoints of the run: TF2 checkpoint on every worker, weights on the chief."""
+def latest_tf_checkpoint(model_dir):
+    """The TensorFlow engine's latest checkpoint prefix in `model_dir`, or None."""
+    return tf.train.latest_checkpoint(model_dir)
+
+
+def latest_array_checkpoint(model_dir):
+    """The JAX engine's latest `ckpt-<step>.npz` in `model_dir`, or None."""
+    found = _array_checkpoints(model_dir)
+    return found[-1][1] if found else None
+
+
+def _array_checkpoints(model_dir):
+    """[(step, path)] of the `ckpt-<step>.npz` files, by step."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(model_dir), CHECKPOINT_NAME + "-*.npz")):
+        number = os.path.basename(path)[len(CHECKPOINT_NAME) + 1 : -len(".npz")]
+        if number.isdigit():
+            found.append((int(number), path))
+    return sorted(found)
+
+
+def _cannot_resume(path, reason):
+    return ValueError(
+        f"Cannot resume from {path!r}: it does not match the model being trained "
+        f"({reason}). Use the settings it was written with, another --model_dir, or "
+        "--clean_model_dir to start over."
+    )
+
+
+class _Checkpointer:
+    """What both engines' checkpoints share: the finite check and model.weights.h5."""
+
+    def __init__(self, model, config, chief):
+        self.model = model
+        self.config = config
+        self.chief = chief
+        self.last_saved_step = None
+
+    def save(self, step):
+        """Saves everything for `step` unless some weight is non-finite."""
+        if not self._all_finite():
+            raise NonFiniteLossError(
+                f"Non-finite weights at step {step}: training stopped without saving them. "
+                f"The last good checkpoint in {self.config.model_dir} is kept. Lower "
+                "--initial_learning_rate, or use --debug to find the op."
+            )
+        path = self._write(step)
+        self.last_saved_step = step
+        if not self.chief:
+            return
+        saving.save_model_weights(
+            self.model,
+            os.path.join(self.config.model_dir, saving.MODEL_STEM + saving.WEIGHTS_SUFFIX),
+            step=int(step),
+        )
+        logging.info("Saved %s and model.weights.h5 (step %d).", path, step)
+
+
+class TFCheckpointer(_Checkpointer):
+    """`tf.train.Checkpoint(model, optimizer)`: written by every worker, kept by the chief."""
 
     def __init__(self, model, optimizer, strategy, config):
-        self.model = model
-        self.strategy = strategy
-        self.config = config
-        self.chief = distribute.is_chief(strategy)
+        super().__init__(model, config, distribute.is_chief(strategy))
         # Dropout's seed too (Keras leaves it out of the model's checkpoint), so
         # that a resumed run draws what the uninterrupted one would.
         weights = {id(v) for v in model.weights}
@@ -77,39 +139,86 @@ class TFCheckpointer:
             max_to_keep=config.keep_checkpoint_max,
             checkpoint_name=CHECKPOINT_NAME,
         )
-        self._all_finite = tf.function(lambda: _all_finite(model.weights))
-        self.last_saved_step = None
+        self._finite = tf.function(lambda: _all_finite(model.weights))
 
     def restore_latest(self):
         """Restores the chief's latest checkpoint in model_dir; returns its path or None."""
-        path = tf.train.latest_checkpoint(self.config.model_dir)
+        path = latest_tf_checkpoint(self.config.model_dir)
         if path is None:
             return None
         try:
             self.checkpoint.restore(path).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
-            raise ValueError(
-                f"Cannot resume from {path!r}: it does not match the model being trained "
-                f"({error}). Use the settings it was written with, another --model_dir, or "
-                "--clean_model_dir to start over."
-            ) from error
+            raise _cannot_resume(path, error) from error
         return path
 
-    def save(self, step):
-        """Saves everything for `step` unless some weight is non-finite."""
-        if not bool(self._all_finite()):
-            raise NonFiniteLossError(
-                f"Non-finite weights at step {step}: training stopped without saving them. "
-                f"The last good checkpoint in {self.config.model_dir} is kept. Lower "
-                "--initial_learning_rate, or use --debug to find the op."
-            )
-        path = self.manager.save(checkpoint_number=step)
-        self.last_saved_step = step
+    def _all_finite(self):
+        return bool(self._finite())
+
+    def _write(self, step):
+        return self.manager.save(checkpoint_number=step)
+
+
+class ArrayCheckpointer(_Checkpointer):
+    """`model_dir/ckpt-<step>.npz`: every model and optimizer variable, written by process 0.
+
+    The arrays are stored in variable order under `model/<i>` and
+    `optimizer/<i>`, with the variables' paths to check them against on
+    restore. Written beside, then renamed: a kill never leaves half a file.
+
+    Args:
+        step_fn: `jax_step.JaxTrainStep`, whose state is saved and restored.
+        config: `TrainConfig`.
+        chief: bool. Whether this process writes.
+    """
+
+    def __init__(self, step_fn, config, chief):
+        super().__init__(step_fn.model, config, chief)
+        self.step_fn = step_fn
+        self.directory = config.model_dir
+        self._variables = {
+            "model": list(step_fn.model.variables),
+            "optimizer": list(step_fn.optimizer.variables),
+        }
+
+    def restore_latest(self):
+        """Restores the latest `ckpt-<step>.npz`; returns its path or None."""
+        path = latest_array_checkpoint(self.config.model_dir)
+        if path is None:
+            return None
+        with np.load(path) as arrays:
+            for group, variables in self._variables.items():
+                paths = [str(p) for p in arrays[f"{group}_paths"]]
+                ours = [v.path for v in variables]
+                if paths != ours:
+                    difference = sorted(set(paths) ^ set(ours))[:5] or "their order"
+                    raise _cannot_resume(path, f"{group} variables differ: {difference}")
+                for index, variable in enumerate(variables):
+                    value = arrays[f"{group}/{index}"]
+                    if value.shape != tuple(variable.shape):
+                        raise _cannot_resume(
+                            path, f"{variable.path} has shape {value.shape}, not {variable.shape}"
+                        )
+                    variable.assign(value)
+        self.step_fn.load_from_model()
+        return path
+
+    def _all_finite(self):
+        self.step_fn.sync_to_model()
+        values = (np.asarray(v.value) for v in self.model.weights)
+        return all(np.all(np.isfinite(x)) for x in values if x.dtype.kind == "f")
+
+    def _write(self, step):
+        path = os.path.join(self.directory, f"{CHECKPOINT_NAME}-{int(step)}.npz")
         if not self.chief:
-            return
-        saving.save_model_weights(
-            self.model,
-            os.path.join(self.config.model_dir, saving.MODEL_STEM + saving.WEIGHTS_SUFFIX),
-            step=int(step),
-        )
-        logging.info("Saved %s and model.weights.h5 (step %d).", path, step)
+            return path
+        arrays = {}
+        for group, variables in self._variables.items():
+            arrays[f"{group}_paths"] = np.asarray([v.path for v in variables])
+            for index, variable in enumerate(variables):
+                arrays[f"{group}/{index}"] = np.asarray(variable.value)
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)
+        for _, old in _array_checkpoints(self.directory)[: -self.config.keep_checkpoint_max]:
+            os.remove(old)
+        return path

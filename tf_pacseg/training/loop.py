@@ -31,6 +31,7 @@ import tensorflow as tf
 from absl import logging
 
 from tf_pacseg import evaluation, metrics, records, summaries
+from tf_pacseg.training import checkpoints
 from tf_pacseg.training.config import NonFiniteLossError, TrainResult
 from tf_pacseg.training.pretrained import (
     load_pretrained,
@@ -73,6 +74,23 @@ class StopRequest:
         )
 
 
+def _latest_checkpoint(model_dir, engine_name):
+    """The engine's latest checkpoint in model_dir; an error if only the other engine's is there."""
+    found = {
+        "tensorflow": checkpoints.latest_tf_checkpoint(model_dir),
+        "jax": checkpoints.latest_array_checkpoint(model_dir),
+    }
+    if found[engine_name] is None:
+        for name, path in found.items():
+            if path is not None:
+                raise ValueError(
+                    f"{model_dir!r} holds a checkpoint of the {name} engine ({path}): resume "
+                    f"it with KERAS_BACKEND={name}, or start over with --clean_model_dir. "
+                    "(model.weights.h5 loads on either backend, e.g. as --pre_trained_model.)"
+                )
+    return found[engine_name]
+
+
 def _format_duration(seconds):
     if not math.isfinite(seconds):
         return "?"
@@ -90,7 +108,7 @@ class Trainer:
 
     def setup(self):
         config, engine = self.config, self.engine
-        resuming = engine.latest_checkpoint() is not None
+        resuming = _latest_checkpoint(config.model_dir, engine.name) is not None
         if config.pre_trained_model and not resuming:
             if not pretrained_exists(config.pre_trained_model):
                 raise missing_pretrained(config.pre_trained_model)  # Before the slow parts.

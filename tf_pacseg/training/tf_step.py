@@ -250,9 +250,6 @@ class TFEngine:
         self._predict = tf.function(lambda images: self.model(images, training=False))
         return self.model
 
-    def latest_checkpoint(self):
-        return tf.train.latest_checkpoint(self.config.model_dir)
-
     def barrier(self):
         """Returns when every worker got here."""
         if self.multi_worker:

@@ -1,0 +1,211 @@
+"""The JAX engine's training step against the TensorFlow engine's, from the same weights and batch.
+
+The JAX side runs in a subprocess on the JAX backend with `import tensorflow`
+blocked: the step, the model and the loss need no TensorFlow.
+
+Tolerances are measured as tests/test_training_equivalence.py measures them
+against the original: the TensorFlow step is run again on images moved by
+N(0, 1e-5) (0..255 scale), and per kind of variable the JAX step's updates
+must stay within `K` times that noise floor plus two float32 units in the
+last place of the variable. An update is compared by the relative L2 norm of
+the difference, `|(jax - initial) - (tf - initial)| / |tf - initial|`.
+"""
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import randomize_weights, run_python
+
+from tf_pacseg.saving import save_model_weights
+from tf_pacseg.training import TrainConfig, TrainStep, build_optimizer, build_training_model
+
+CONFIG = dict(
+    base_architecture="resnet_v1_50",
+    units_per_block=(1, 1, 1, 1),
+    num_classes=5,
+    initial_learning_rate=0.01,
+    max_iter=10,
+    pre_trained_model="",
+)
+BATCH, SIZE, STEPS = 4, 33, 2
+PERTURBATION = 1e-5
+K = 4.0
+KINDS = ("kernel", "momentum", "moving_mean", "moving_variance", "other")
+
+# Runs on the JAX backend: one finder refuses TensorFlow before anything is imported.
+JAX_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+
+    class NoTensorFlow:
+        def find_spec(self, name, path=None, target=None):
+            if name.partition(".")[0] == "tensorflow":
+                raise ImportError("TensorFlow is blocked in this test")
+
+    sys.meta_path.insert(0, NoTensorFlow())
+    import keras
+    import numpy as np
+    from tf_pacseg.model import build_model
+    from tf_pacseg.training import TrainConfig, build_optimizer, jax_step
+
+    weights, config, batch, output = sys.argv[1:]
+    with open(weights[: -len(".weights.h5")] + ".json", encoding="utf-8") as f:
+        model = build_model(**json.load(f)["architecture"])
+    model.load_weights(weights)
+    model.get_layer("network.dropout").rate = 0.0
+    optimizer = build_optimizer(TrainConfig(**json.loads(config)))
+    step = jax_step.JaxTrainStep(model, optimizer, mesh=jax_step.data_parallel_mesh())
+    arrays = np.load(batch)
+    batches = [(arrays["images"], arrays["labels"])]
+    (images, labels), = jax_step.prefetch_to_devices(batches, step.mesh)
+    losses = [float(step(images, labels)["loss"]) for _ in range(int(arrays["steps"]))]
+    step.sync_to_model()
+    values = {v.path: np.asarray(v.value) for v in model.weights}
+    for variable, slot in zip(step.variables, optimizer.accumulators, strict=True):
+        values["momentum/" + variable.path] = np.asarray(slot.value)
+    np.savez(output, **values)
+    print(json.dumps({
+        "losses": losses,
+        "backend": keras.backend.backend(),
+        "devices": step.mesh.size,
+        "tensorflow_imported": any(m.partition(".")[0] == "tensorflow" for m in sys.modules),
+    }))
+    """
+)
+
+
+def _kind(name):
+    if name.startswith("momentum/"):
+        return "momentum"
+    leaf = name.rsplit("/", 1)[-1]
+    return leaf if leaf in KINDS else "other"
+
+
+def _batch(seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 255, (BATCH, SIZE, SIZE, 3)).astype(np.float32)
+    # Blocky labels, so that the boundary-aware weights vary.
+    coarse = rng.integers(0, CONFIG["num_classes"], (BATCH, 5, 5))
+    labels = np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2)[:, :SIZE, :SIZE, None]
+    labels = labels.astype(np.int32)
+    labels[0, :6] = 255
+    return images, labels
+
+
+def _tf_steps(model_weights, images, labels):
+    """The TensorFlow engine's STEPS steps: (losses, {variable path: value}) ."""
+    model = build_training_model(TrainConfig(**CONFIG))
+    model.set_weights(model_weights)
+    model.get_layer("network.dropout").rate = 0.0
+    optimizer = build_optimizer(TrainConfig(**CONFIG))
+    step = TrainStep(model, optimizer, tf.distribute.get_strategy())
+    losses = [float(step(tf.constant(images), tf.constant(labels))["loss"]) for _ in range(STEPS)]
+    values = {v.path: v.numpy() for v in model.weights}
+    for variable, slot in zip(step.variables, optimizer.accumulators, strict=True):
+        values["momentum/" + variable.path] = slot.numpy()
+    return losses, values
+
+
+def _update_differences(ours, reference, initial):
+    differences = {}
+    for name, theirs in reference.items():
+        if theirs.dtype.kind != "f":
+            continue  # Dropout's seed: each backend draws its own.
+        start = initial.get(name, 0.0)
+        update = np.asarray(theirs, np.float64) - start
+        difference = np.linalg.norm(np.asarray(ours[name], np.float64) - start - update)
+        norm = np.linalg.norm(update)
+        differences[name] = difference / norm if norm else difference
+    return differences
+
+
+def _resolution(reference, initial):
+    """Two float32 ulps of each variable, relative to its update."""
+    resolved = {}
+    for name, after in reference.items():
+        if after.dtype.kind == "f":
+            update = np.linalg.norm(np.asarray(after, np.float64) - initial.get(name, 0.0))
+            ulps = 2 * np.linalg.norm(np.spacing(np.abs(after).astype(np.float32)))
+            resolved[name] = ulps / update if update else 0.0
+    return resolved
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Both engines' steps from one random initialisation, and the TF noise floor."""
+    root = tmp_path_factory.mktemp("engines")
+    model = build_training_model(TrainConfig(**CONFIG))
+    randomize_weights(model, seed=1, residual_scale=0.3)
+    weights_path = str(root / "model.weights.h5")
+    save_model_weights(model, weights_path)
+    initial = {v.path: v.numpy() for v in model.weights}
+    images, labels = _batch()
+    np.savez(root / "batch.npz", images=images, labels=labels, steps=STEPS)
+
+    output = root / "jax.npz"
+    process = run_python(
+        JAX_SCRIPT,
+        [weights_path, json.dumps(CONFIG), root / "batch.npz", output],
+        backend="jax",
+        timeout=600,
+    )
+    info = json.loads(process.stdout.strip().splitlines()[-1])
+    with np.load(output) as arrays:
+        jax_values = dict(arrays)
+
+    start = model.get_weights()
+    tf_losses, tf_values = _tf_steps(start, images, labels)
+    noise = np.random.default_rng(2).normal(0.0, PERTURBATION, images.shape)
+    noisy_losses, noisy_values = _tf_steps(start, images + noise.astype(np.float32), labels)
+    return dict(
+        info=info,
+        initial=initial,
+        jax=(info["losses"], jax_values),
+        tf=(tf_losses, tf_values),
+        noisy=(noisy_losses, noisy_values),
+    )
+
+
+def test_the_jax_step_runs_without_tensorflow(runs):
+    info = runs["info"]
+    assert info["backend"] == "jax" and info["devices"] >= 1
+    assert info["tensorflow_imported"] is False
+    assert all(np.isfinite(info["losses"])) and len(info["losses"]) == STEPS
+
+
+def test_jax_and_tensorflow_steps_agree_within_the_noise_floor(runs):
+    initial = runs["initial"]
+    (tf_losses, reference), (jax_losses, ours) = runs["tf"], runs["jax"]
+    noisy_losses, noisy = runs["noisy"]
+    assert set(ours) == set(reference)
+    floor = dict.fromkeys(KINDS, 0.0)
+    for name, difference in _update_differences(noisy, reference, initial).items():
+        floor[_kind(name)] = max(floor[_kind(name)], difference)
+    eps = _resolution(reference, initial)
+    differences = _update_differences(ours, reference, initial)
+    # Every kind of variable moved (fine_tune_batch_norm: beta/gamma do not train).
+    assert {_kind(n) for n, v in reference.items() if not np.array_equal(v, initial.get(n, 0))} >= {
+        "kernel",
+        "momentum",
+        "moving_mean",
+        "moving_variance",
+    }
+    largest = dict.fromkeys(KINDS, 0.0)
+    for name, difference in differences.items():
+        largest[_kind(name)] = max(largest[_kind(name)], difference)
+    print({kind: f"floor {floor[kind]:.1e} jax {largest[kind]:.1e}" for kind in KINDS})
+    print("losses", tf_losses, noisy_losses, jax_losses)
+    failures = [
+        f"{name}: {difference:.2e} > {K:g} x {floor[_kind(name)]:.2e} + {eps[name]:.1e}"
+        for name, difference in sorted(differences.items())
+        if difference > K * floor[_kind(name)] + eps[name]
+    ]
+    for i, (jax_loss, tf_loss, noisy_loss) in enumerate(
+        zip(jax_losses, tf_losses, noisy_losses, strict=True)
+    ):
+        if abs(jax_loss - tf_loss) > K * abs(noisy_loss - tf_loss) + 1e-6 * abs(tf_loss):
+            failures.append(f"loss of step {i + 1}: {jax_loss} vs {tf_loss}")
+    assert not failures, "\n".join(failures)

@@ -1,0 +1,180 @@
+"""The JAX engine: `jax_step` fed by tf.data, with `.npz` checkpoints (docs/design.md §6).
+
+Input stays tf.data on the CPU (TensorFlow sees no GPU, so JAX has the
+accelerators to itself), read as numpy and put on the devices two batches
+ahead. The step runs data parallel over every device of every process
+(`jax_step`).
+
+Several machines: set `JAX_COORDINATOR_ADDRESS` (host:port of process 0),
+`JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` on each and run the same command on
+all of them; `jax.distributed.initialize` joins them, every process reads its
+share of each global batch, and process 0 writes `model_dir` (a path all can
+read).
+"""
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from jax.experimental import multihost_utils
+
+from tf_pacseg import input_pipeline
+from tf_pacseg.training import checkpoints, components, jax_step
+
+_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+
+
+def initialize_processes():
+    """Joins the other processes named by the environment (`jax.distributed.initialize`)."""
+    if not os.environ.get(_COORDINATOR) or jax.distributed.is_initialized():
+        return
+    try:
+        num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+        process_id = int(os.environ["JAX_PROCESS_ID"])
+    except (KeyError, ValueError) as error:
+        raise ValueError(
+            f"{_COORDINATOR} is set: set JAX_NUM_PROCESSES and JAX_PROCESS_ID (0 .. n-1) "
+            f"to integers too ({error!r})."
+        ) from error
+    jax.distributed.initialize(
+        coordinator_address=os.environ[_COORDINATOR],
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+
+
+class JaxEngine:
+    """The JAX side of a run; the same methods as `tf_step.TFEngine`.
+
+    Args:
+        config: `TrainConfig`. `num_gpu` and `jit_compile` do not apply (every
+            device is used, the whole step is compiled); `sync_batch_norm`
+            neither: batch statistics are always those of the global batch.
+    """
+
+    name = "jax"
+
+    def __init__(self, config):
+        # Before TensorFlow starts: its input pipeline must leave the GPUs to JAX.
+        tf.config.set_visible_devices([], "GPU")
+        initialize_processes()
+        self.config = config
+        self.chief = jax.process_index() == 0
+        self.multi_worker = jax.process_count() > 1
+        self.mesh = jax_step.data_parallel_mesh()
+        self.num_replicas = self.mesh.size
+        if config.batch_size % self.num_replicas:
+            raise ValueError(
+                f"--batch_size={config.batch_size} is the global batch; it must be a positive "
+                f"multiple of the number of devices ({self.num_replicas})."
+            )
+        self.per_replica_batch = config.batch_size // self.num_replicas
+        self.write_dir = config.model_dir
+
+    def describe(self):
+        devices = jax.devices()
+        return (
+            f"jax.sharding data parallelism on {len(devices)} {devices[0].platform} "
+            f"device(s) in {jax.process_count()} process(es)"
+        )
+
+    def build(self):
+        config = self.config
+        if config.sync_batch_norm:
+            logging.info("--sync_batch_norm: the JAX engine's batch statistics are global anyway.")
+        # Synchronised BatchNorm is a tf.distribute operation; the global
+        # batch's statistics come from the sharded computation itself.
+        self.model = components.build_training_model(
+            dataclasses.replace(config, sync_batch_norm=False)
+        )
+        self.optimizer = components.build_optimizer(config)
+        self.step_fn = jax_step.JaxTrainStep(
+            self.model,
+            self.optimizer,
+            loss=config.loss,
+            ignore_label=config.ignore_label,
+            mesh=self.mesh,
+        )
+        self.checkpointer = checkpoints.ArrayCheckpointer(self.step_fn, config, self.chief)
+        return self.model
+
+    def barrier(self):
+        if self.multi_worker:
+            multihost_utils.sync_global_devices("tf_pacseg")
+
+    def check_numerics(self, enabled):
+        jax.config.update("jax_debug_nans", bool(enabled))
+
+    def close(self):
+        pass
+
+    def set_step(self, step):
+        self.step_fn.set_step(step)
+
+    @property
+    def step(self):
+        return self.step_fn.step
+
+    def batches(self, files, start_step=0):
+        """Endless global batches on the devices after `start_step` steps' ones; each process
+        reads its share."""
+        config = self.config
+        context = tf.distribute.InputContext(
+            num_input_pipelines=jax.process_count(),
+            input_pipeline_id=jax.process_index(),
+            num_replicas_in_sync=jax.process_count(),
+        )
+        dataset = input_pipeline.train_dataset(
+            files,
+            config.batch_size,
+            input_context=context,
+            start_step=start_step,
+            **components.train_input_arguments(config),
+        )
+        return jax_step.prefetch_to_devices(dataset.as_numpy_iterator(), self.mesh)
+
+    def train_step(self, images, labels):
+        return self.step_fn(images, labels)
+
+    def reset_metrics(self):
+        self.step_fn.reset_metrics()
+
+    def confusion_matrix(self):
+        return self.step_fn.confusion_matrix()
+
+    def first_replica(self, array):
+        """The first local device's part of a global batch, as numpy."""
+        return np.asarray(array.addressable_shards[0].data)
+
+    def predict(self, images):
+        return self.evaluation_model()(images, training=False)
+
+    def evaluation_model(self):
+        self.step_fn.sync_to_model()
+        return self.model
+
+    def any_worker(self, flag):
+        if not self.multi_worker:
+            return bool(flag)
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
+
+    def export(self, export_dir):
+        """The inference SavedModel where TensorFlow can trace the JAX model, else nothing."""
+        model = self.evaluation_model()
+        if not self.chief:
+            return None
+        try:
+            checkpoints.export_inference_model(model, export_dir)
+        except Exception as error:  # noqa: BLE001 - export is optional on JAX.
+            logging.warning(
+                "No SavedModel export (%s: %s); model.weights.h5 + model.json in %s hold "
+                "the trained model for either backend.",
+                type(error).__name__,
+                error,
+                self.config.model_dir,
+            )
+            return None
+        return "the inference SavedModel"
