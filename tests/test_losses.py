@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf1_losses
 from helpers import run_python
 
 from tf_pacseg.losses import (
@@ -42,45 +43,12 @@ def _labels(rng, batch, height, width, num_classes, kind="blocky"):
 
 
 def _tf1_reference(labels, logits, num_classes, use_weights=True):
-    """SPEC §2 step by step with TF1 graph ops; returns (weights, loss, d loss / d logits)."""
+    """docs/design.md §4 in TF1 graph ops; returns (weights, loss, d loss / d logits)."""
     graph = tf.Graph()
     with graph.as_default():
-        label_t = tf.constant(labels[..., None], tf.int32)  # (N, H, W, 1)
         logits_t = tf.constant(logits, tf.float32)
-        # 1. ignore -> 0.  2. one-hot, symmetric pad of 1 at the bottom/right.
-        clean = tf.where(tf.equal(label_t, IGNORE), tf.zeros_like(label_t), label_t)
-        one_hot = tf.one_hot(clean[..., 0], num_classes, dtype=tf.float32)
-        padded = tf.pad(one_hot, [[0, 0], [0, 1], [0, 1], [0, 0]], mode="SYMMETRIC")
-        # 3. 2x2 edge kernel per channel; edge = value != 0.  4. sum over channels.
-        kernel = tf.constant([[1.0, -0.5], [-0.5, 0.0]], tf.float32)
-        kernel = tf.tile(tf.reshape(kernel, [2, 2, 1, 1]), [1, 1, num_classes, 1])
-        edges = tf.nn.depthwise_conv2d(padded, kernel, [1, 1, 1, 1], "VALID")
-        edges = tf.cast(tf.not_equal(edges, 0.0), tf.float32)
-        edges = tf.reduce_sum(edges, axis=3, keepdims=True)
-        # 5. twice a 2x2 conv of ones, stride 2, SAME.
-        ones = tf.ones([2, 2, 1, 1], tf.float32)
-        pooled = tf.nn.conv2d(edges, ones, [1, 2, 2, 1], "SAME")
-        pooled = tf.nn.conv2d(pooled, ones, [1, 2, 2, 1], "SAME")
-        # 6. 35x35 Gaussian exp(-(x^2/51 + y^2/51)), normalised, depthwise SAME.
-        grid = np.arange(-17, 18, dtype=np.float64)
-        x, y = np.meshgrid(grid, grid, indexing="ij")
-        gauss = np.exp(-(x**2 / 51.0 + y**2 / 51.0))
-        gauss = (gauss / gauss.sum()).reshape(35, 35, 1, 1)
-        blurred = tf.nn.depthwise_conv2d(
-            pooled, tf.constant(gauss, tf.float32), [1, 1, 1, 1], "SAME"
-        )
-        # 7. bilinear, align_corners, back to H x W.  8. clip(1.5 r + 0.5, 0, 4).
-        resized = tf.compat.v1.image.resize_bilinear(
-            blurred, tf.shape(label_t)[1:3], align_corners=True
-        )
-        weights = tf.clip_by_value(1.5 * resized + 0.5, 0.0, 4.0)
-
-        mask = tf.cast(tf.not_equal(tf.reshape(label_t, [-1]), IGNORE), tf.float32)
-        loss_weights = mask * tf.reshape(weights, [-1]) if use_weights else mask
-        loss = tf.compat.v1.losses.softmax_cross_entropy(
-            onehot_labels=tf.one_hot(tf.reshape(clean, [-1]), num_classes),
-            logits=tf.reshape(logits_t, [-1, num_classes]),
-            weights=loss_weights,
+        weights, loss = tf1_losses.boundary_aware_loss(
+            tf.constant(labels[..., None], tf.int32), logits_t, num_classes, IGNORE, use_weights
         )
         gradient = tf.gradients(loss, logits_t)[0]
         with tf.compat.v1.Session(graph=graph) as session:
