@@ -9,6 +9,10 @@ SETUP_TARGET := .venv/.installed
 endif
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# The Keras backend picks the training engine: `KERAS_BACKEND=jax make demo`
+# trains with JAX. The test process itself stays on TensorFlow; the tests run
+# the JAX engine in subprocesses.
+export KERAS_BACKEND
 
 .PHONY: install test test-fast demo lint bench clean
 
@@ -24,11 +28,11 @@ ifdef VIRTUAL_ENV
 endif
 
 test: install
-	$(PYTHON) -m pytest -n 2 tests
+	KERAS_BACKEND=tensorflow $(PYTHON) -m pytest -n 2 tests
 
 # Everything but the end-to-end runs marked slow.
 test-fast: install
-	$(PYTHON) -m pytest -n 2 -m "not slow" tests
+	KERAS_BACKEND=tensorflow $(PYTHON) -m pytest -n 2 -m "not slow" tests
 
 demo: install
 	$(PYTHON) -m tf_pacseg.demo --work_dir demo_work --output_dir demo_output

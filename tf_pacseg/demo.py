@@ -2,10 +2,13 @@
 
     python -m tf_pacseg.demo --work_dir=demo_work --output_dir=demo_output
 
+    KERAS_BACKEND=jax python -m tf_pacseg.demo ...   # the JAX engine
+
 Writes a synthetic VOC-format folder, converts it to TFRecords, trains a
 reduced-depth ResNet-50 v1 + PAC + BAL through the same training loop as
-train.py, evaluates it on the synthetic val split and predicts colour masks
-into --output_dir, with metrics.json (the keys of evaluate.py --output_json).
+train.py (on the Keras backend's engine), evaluates it on the synthetic val
+split and predicts colour masks into --output_dir, with metrics.json (the
+keys of evaluate.py --output_json).
 """
 
 import os
@@ -70,7 +73,10 @@ def main(argv):
         num_workers=0,
         verbose=0,
     )
-    print("[3/5] training")
+    import keras
+
+    engine = f"the {keras.backend.backend()} engine"
+    print(f"[3/5] training with {engine} (KERAS_BACKEND picks it)")
     config = training.TrainConfig(
         data_dir=records_dir,
         model_dir=model_dir,
@@ -90,7 +96,10 @@ def main(argv):
     prediction.predict_folder(
         model, os.path.join(voc_dir, "JPEGImages"), FLAGS.output_dir, output_format="color"
     )
-    print(f"demo finished in {time.time() - started:.0f} s: val mIoU {result['miou']:.4f}")
+    print(
+        f"demo finished in {time.time() - started:.0f} s: trained with {engine}, "
+        f"val mIoU {result['miou']:.4f}"
+    )
     if result["miou"] < FLAGS.min_miou:
         raise SystemExit(f"demo: val mIoU {result['miou']:.4f} is below {FLAGS.min_miou}.")
 

@@ -46,6 +46,18 @@ def initialize_processes():
     )
 
 
+def _hide_gpus_from_tensorflow():
+    """tf.data runs on the CPU: TensorFlow must not take the GPUs' memory from JAX."""
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow already started (e.g. wrote records in this process).
+        if tf.config.list_logical_devices("GPU"):
+            logging.warning(
+                "TensorFlow started before training and holds GPUs; JAX may lack memory. "
+                "Set TF_FORCE_GPU_ALLOW_GROWTH=true, or train in a fresh process."
+            )
+
+
 class JaxEngine:
     """The JAX side of a run; the same methods as `tf_step.TFEngine`.
 
@@ -58,8 +70,7 @@ class JaxEngine:
     name = "jax"
 
     def __init__(self, config):
-        # Before TensorFlow starts: its input pipeline must leave the GPUs to JAX.
-        tf.config.set_visible_devices([], "GPU")
+        _hide_gpus_from_tensorflow()
         initialize_processes()
         self.config = config
         self.chief = jax.process_index() == 0
