@@ -1,77 +1,182 @@
-"""Inference throughput of the network (images/s), float32, on the devices present.
+r"""Inference rate of ours against the original TF1 graph, timed in one run.
+
+Ours is `tf_pacseg.build_model` in inference mode (a `tf.function`, or a
+`jax.jit` on JAX); the original's is its inference graph rebuilt in
+tf.compat.v1 (`build_reference_graph` of tests/tf1_reference.py) in a
+session. By default both hold the same random weights (a TF1 checkpoint
+written by the reference and loaded into ours, the largest logit difference
+is printed). Same random images for both, alternating rounds after a
+warm-up; the medians and their ratio are printed.
 
     python bench/infer.py --base_architecture=resnet_v1_101 --head=pac \
         --height=513 --width=513 --batch_size=1
-
-Random weights and inputs: speed does not depend on them. Runs on whichever
-Keras backend is active (KERAS_BACKEND=tensorflow or jax).
+    python bench/infer.py --units_per_block=1,1,1,1 --height=65 --width=65 \
+        --repeats=2 --iterations=2 --warmup=1   # a smoke test
+    KERAS_BACKEND=jax python bench/infer.py ...   # ours on JAX, the original in a
+                                                  # TensorFlow subprocess
 """
 
-import time
+import json
+import os
+import sys
+import tempfile
 
-from absl import app, flags
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+common.setup_paths()
+from tf_pacseg import cli, constants  # noqa: E402
 
 flags.DEFINE_enum(
-    "base_architecture",
-    "resnet_v1_101",
-    ["resnet_v1_50", "resnet_v1_101", "resnet_v2_50", "resnet_v2_101"],
-    "Backbone.",
+    "base_architecture", "resnet_v1_101", list(constants.BASE_ARCHITECTURES), "Backbone."
 )
-flags.DEFINE_enum("head", "pac", ["pac", "aspp"], "Segmentation head.")
+flags.DEFINE_enum("head", "pac", list(constants.HEADS), "Segmentation head.")
 flags.DEFINE_integer("output_stride", 16, "8 or 16.")
-flags.DEFINE_integer("height", 513, "Input height.")
-flags.DEFINE_integer("width", 513, "Input width.")
-flags.DEFINE_integer("batch_size", 1, "Images per forward pass.")
-flags.DEFINE_boolean("jit_compile", False, "Compile the forward pass with XLA.")
-flags.DEFINE_integer("warmup", 2, "Untimed forward passes (tracing, autotuning).")
-flags.DEFINE_integer("iterations", 10, "Timed forward passes.")
+flags.DEFINE_integer("height", 513, "Input height.", lower_bound=1)
+flags.DEFINE_integer("width", 513, "Input width.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 1, "Images per forward pass.", lower_bound=1)
+flags.DEFINE_list("units_per_block", None, "e.g. 1,1,1,1 for a shallow backbone.")
+flags.DEFINE_boolean(
+    "jit_compile", False, "XLA-compile our forward pass (TensorFlow; JAX always compiles)."
+)
+flags.DEFINE_boolean(
+    "same_weights", True, "Load the reference's random weights into ours (else both random)."
+)
+flags.DEFINE_enum("only", "both", ["both", "ours", "reference"], "What to time.")
+flags.DEFINE_integer("repeats", 5, "Alternating rounds; the median round counts.", lower_bound=1)
+flags.DEFINE_integer("iterations", 3, "Timed forward passes per round and network.", lower_bound=1)
+flags.DEFINE_integer("warmup", 2, "Untimed forward passes first (tracing).", lower_bound=1)
+flags.DEFINE_boolean("json", False, "Print one JSON line of the timings instead of a report.")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    del argv
+def _units_per_block():
+    return [int(n) for n in FLAGS.units_per_block] if FLAGS.units_per_block else None
+
+
+def make_our_forward(images, checkpoint=None):
+    """A callable running our forward pass on `images`, returning (numpy) logits.
+
+    Args:
+        images: float32 [N, H, W, 3].
+        checkpoint: str or None. A TF1 checkpoint prefix to load.
+    """
     import keras
     import numpy as np
 
     import tf_pacseg
+    from tf_pacseg import tf1_checkpoint
 
     model = tf_pacseg.build_model(
-        FLAGS.base_architecture, FLAGS.head, output_stride=FLAGS.output_stride
+        FLAGS.base_architecture,
+        FLAGS.head,
+        output_stride=FLAGS.output_stride,
+        units_per_block=_units_per_block(),
     )
-    forward = _compiled_forward(model, FLAGS.jit_compile)
-    images = np.random.default_rng(0).uniform(
-        0, 255, (FLAGS.batch_size, FLAGS.height, FLAGS.width, 3)
-    ).astype("float32")
-    for _ in range(FLAGS.warmup):
-        np.asarray(forward(images))
-    start = time.perf_counter()
-    for _ in range(FLAGS.iterations):
-        np.asarray(forward(images))  # np.asarray waits for the device
-    elapsed = time.perf_counter() - start
-    images_per_second = FLAGS.iterations * FLAGS.batch_size / elapsed
-    print(
-        f"{FLAGS.base_architecture}+{FLAGS.head} OS{FLAGS.output_stride} "
-        f"{FLAGS.height}x{FLAGS.width} batch {FLAGS.batch_size} float32 "
-        f"jit={FLAGS.jit_compile} backend={keras.backend.backend()}: "
-        f"{images_per_second:.3f} images/s ({elapsed / FLAGS.iterations * 1000:.0f} ms/batch)"
-    )
-
-
-def _compiled_forward(model, jit_compile):
-    backend = __import__("keras").backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(lambda x: model(x, training=False), jit_compile=jit_compile)
-    if backend == "jax":
+    if checkpoint:
+        tf1_checkpoint.load_tf1_checkpoint(model, checkpoint)
+    if keras.backend.backend() == "jax":
         import jax
 
-        def forward(x):
-            return model(x, training=False)
+        forward = jax.jit(lambda x: model(x, training=False))
+    else:
+        import tensorflow as tf
 
-        return jax.jit(forward) if jit_compile else forward
-    return lambda x: model(x, training=False)
+        forward = tf.function(lambda x: model(x, training=False), jit_compile=FLAGS.jit_compile)
+
+    def run():
+        return np.asarray(forward(images))  # Waits for the device.
+
+    return run
+
+
+def make_reference_forward(images, checkpoint=None):
+    """A callable running the original's inference graph on `images` (TF1 session)."""
+    import tensorflow as tf
+    import tf1_reference
+
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        logits = tf1_reference.build_reference_graph(
+            tf.constant(images),
+            FLAGS.base_architecture,
+            FLAGS.head,
+            FLAGS.output_stride,
+            constants.NUM_CLASSES,
+            units_per_block=_units_per_block(),
+        )
+        session = v1.Session(graph=graph)
+        if checkpoint:
+            v1.train.Saver().restore(session, checkpoint)
+        else:
+            session.run(v1.global_variables_initializer())
+
+    def run():
+        return session.run(logits)
+
+    return run
+
+
+def _write_checkpoint(directory):
+    import tf1_reference
+
+    prefix = os.path.join(directory, "model.ckpt")
+    tf1_reference.write_reference_checkpoint(
+        prefix,
+        FLAGS.base_architecture,
+        FLAGS.head,
+        output_stride=FLAGS.output_stride,
+        units_per_block=_units_per_block(),
+    )
+    return prefix
+
+
+def main():
+    import keras
+    import numpy as np
+
+    common.quiet_python_logs()
+    backend = keras.backend.backend()
+    images = np.random.default_rng(0).uniform(
+        0, 255, (FLAGS.batch_size, FLAGS.height, FLAGS.width, 3)
+    )
+    images = images.astype("float32")
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = _write_checkpoint(directory) if FLAGS.same_weights else None
+        runners = {}
+        if FLAGS.only in ("both", "ours"):
+            runners["ours"] = make_our_forward(images, checkpoint)
+        if FLAGS.only in ("both", "reference") and backend == "tensorflow":
+            runners["reference"] = make_reference_forward(images, checkpoint)
+        difference = None
+        if checkpoint and len(runners) == 2:
+            difference = float(np.abs(runners["ours"]() - runners["reference"]()).max())
+        timings = common.time_alternating(runners, FLAGS.repeats, FLAGS.iterations, FLAGS.warmup)
+    note = ""
+    if FLAGS.only == "both" and backend != "tensorflow":
+        timings["reference"] = common.time_reference_in_subprocess(__file__)
+        note = " (the original timed after ours, in a TensorFlow subprocess: not alternated)"
+    if FLAGS.json:
+        print(json.dumps(timings))
+        return
+    units = ",".join(FLAGS.units_per_block) if FLAGS.units_per_block else "full"
+    weights = "same random weights" if FLAGS.same_weights else "independent random weights"
+    if difference is not None:
+        weights += f", max |logits difference| {difference:.2g}"
+    xla = FLAGS.jit_compile or backend == "jax"
+    common.report(
+        f"inference {FLAGS.base_architecture} ({units}) + {FLAGS.head}, OS{FLAGS.output_stride}, "
+        f"{FLAGS.height}x{FLAGS.width}, batch {FLAGS.batch_size}, float32, "
+        f"xla={'on' if xla else 'off'}, backend {backend}; {weights}; "
+        f"median of {FLAGS.repeats} rounds of {FLAGS.iterations} passes{note}",
+        timings,
+        "image",
+        FLAGS.batch_size,
+    )
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

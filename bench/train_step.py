@@ -1,73 +1,69 @@
-r"""Images per second of the training step, on the devices present, with random inputs.
+r"""Training-step rate of ours against the original TF1 graph, timed in one run.
 
-Times `tf_pacseg.trainer.TrainStep` (the step train.py runs: forward, loss,
-backward, cross-replica sum, update) on one fixed random batch, so the input
-pipeline is left out. The global batch is split over every visible GPU (or
-runs on the CPU without one).
+Ours is the step train.py runs (forward, loss, backward, cross-replica sum,
+update); the original's is its training branch rebuilt in tf.compat.v1
+(`build_training_graph` of tests/tf1_reference.py): slim's fused BatchNorm
+in training mode with its moving-average update ops, boundary-aware loss (or
+cross entropy), slim L2 on the conv kernels, momentum on the poly rate. Both run on one fixed
+random batch (the input pipeline is left out), in alternating rounds after a
+warm-up; the medians and their ratio are printed.
 
-    python bench/train_step.py --base_architecture=resnet_v1_101 --crop_size=513 \
-        --batch_size=16 --mixed_precision=mixed_float16 --jit_compile
+    python bench/train_step.py --crop_size=321 --batch_size=2 --num_gpu=0
     python bench/train_step.py --units_per_block=1,1,1,1 --crop_size=65 --batch_size=2 \
-        --steps=5 --warmup=1   # a CPU smoke test
+        --repeats=2 --steps=2 --warmup=1   # a smoke test
+    KERAS_BACKEND=jax python bench/train_step.py ...   # ours on JAX, the original in a
+                                                        # TensorFlow subprocess
+
+GPU runs (`--num_gpu`, `--mixed_precision`, `--jit_compile`) time ours only
+unless `--only=both` is given, as the original ran float32 without XLA.
 """
 
+import dataclasses
+import json
 import os
 import sys
-import time
 
-from absl import app, flags
+from absl import flags
 
-# Run as a file, the repository root is not on the import path.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 
-from tf_pacseg import constants  # noqa: E402
+common.setup_paths()
+from tf_pacseg import cli, constants  # noqa: E402
 
 flags.DEFINE_enum(
     "base_architecture", "resnet_v1_101", list(constants.BASE_ARCHITECTURES), "Backbone."
 )
 flags.DEFINE_enum("head", "pac", list(constants.HEADS), "Segmentation head.")
 flags.DEFINE_enum("loss", "bal", ["bal", "ce"], "Boundary-aware loss or cross entropy.")
-flags.DEFINE_integer("crop_size", 513, "Height and width of the training crops.", lower_bound=1)
-flags.DEFINE_integer("batch_size", 16, "Global batch, split over the replicas.", lower_bound=1)
+flags.DEFINE_integer("crop_size", 321, "Height and width of the training crops.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 2, "Global batch, split over the replicas.", lower_bound=1)
 flags.DEFINE_integer("output_stride", 16, "8 or 16.")
 flags.DEFINE_enum(
-    "mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Compute dtype."
+    "mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Compute dtype (ours)."
 )
-flags.DEFINE_boolean("jit_compile", False, "XLA-compile the forward/backward pass.")
+flags.DEFINE_boolean("jit_compile", False, "XLA-compile our forward/backward pass.")
 flags.DEFINE_boolean("fine_tune_batch_norm", True, "BatchNorm in training mode.")
-flags.DEFINE_boolean("sync_batch_norm", False, "Batch statistics over all replicas.")
+flags.DEFINE_boolean("sync_batch_norm", False, "Batch statistics over all replicas (ours).")
 flags.DEFINE_list("units_per_block", None, "e.g. 1,1,1,1 for a shallow backbone.")
 flags.DEFINE_integer(
     "num_gpu", None, "GPUs to use (default: all visible; 0: the CPU).", lower_bound=0
 )
-flags.DEFINE_integer("steps", 20, "Timed steps.", lower_bound=1)
-flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, compilation).", lower_bound=1)
+flags.DEFINE_enum(
+    "only", None, ["both", "ours", "reference"], "What to time (default: both on the CPU)."
+)
+flags.DEFINE_integer("repeats", 5, "Alternating rounds; the median round counts.", lower_bound=1)
+flags.DEFINE_integer("steps", 3, "Timed steps per round and network.", lower_bound=1)
+flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, autotuning).", lower_bound=1)
+flags.DEFINE_boolean("json", False, "Print one JSON line of the medians instead of a report.")
 FLAGS = flags.FLAGS
 
 
-def _device_description(num_gpu):
-    import tensorflow as tf
+def _config(num_gpu):
+    from tf_pacseg import training
 
-    if not num_gpu:
-        return f"CPU ({os.cpu_count()} cores)"
-    gpu = tf.config.list_physical_devices("GPU")[0]
-    name = tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
-    return f"{num_gpu} x {name}"
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    import numpy as np
-    import tensorflow as tf
-
-    from tf_pacseg import distribute, trainer
-
-    num_gpu = FLAGS.num_gpu
-    if num_gpu is None:
-        num_gpu = len(tf.config.list_physical_devices("GPU"))
-    strategy = distribute.create_strategy(num_gpu=num_gpu)
-    config = trainer.TrainConfig(
+    return training.TrainConfig(
+        num_gpu=num_gpu,
         base_architecture=FLAGS.base_architecture,
         head=FLAGS.head,
         loss=FLAGS.loss,
@@ -81,47 +77,155 @@ def main(argv):
         sync_batch_norm=FLAGS.sync_batch_norm,
         units_per_block=[int(n) for n in FLAGS.units_per_block] if FLAGS.units_per_block else None,
     )
-    per_replica = distribute.check_batch_size(config.batch_size, strategy)
+
+
+def random_batch(config, seed=0):
+    """(images float32 [N, H, W, 3] in 0..255, labels int32 [N, H, W, 1]) with ignored rows."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    shape = (config.batch_size, config.input_height, config.input_width)
+    # Blocky labels, so that BAL sees regions and boundaries as in real data.
+    coarse = rng.integers(0, config.num_classes, (shape[0], shape[1] // 16 + 1, shape[2] // 16 + 1))
+    labels = np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2)[:, : shape[1], : shape[2]]
+    labels[:, : shape[1] // 8] = constants.IGNORE_LABEL  # Padding, as after a crop.
+    images = rng.uniform(0, 255, (*shape, 3)).astype(np.float32)
+    return images, labels[..., None].astype(np.int32)
+
+
+def make_our_step(config, images, labels):
+    """A callable running one of our training steps on the batch, returning when it is done.
+
+    The active Keras backend's engine: `TrainStep` under tf.distribute on
+    TensorFlow, `JaxTrainStep` (one XLA program, every local device) on JAX.
+    """
     import keras
 
+    from tf_pacseg.training import components
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        from tf_pacseg.training import jax_step
+
+        # As the JAX engine: its batch statistics are global anyway.
+        model = components.build_training_model(dataclasses.replace(config, sync_batch_norm=False))
+        step = jax_step.JaxTrainStep(model, components.build_optimizer(config), loss=config.loss)
+        batch = jax.device_put((images, labels), jax_step.batch_sharding(step.mesh))
+    else:
+        import tensorflow as tf
+
+        from tf_pacseg import distribute
+        from tf_pacseg.training import tf_step
+
+        strategy = distribute.create_strategy(num_gpu=config.num_gpu)
+        distribute.check_batch_size(config.batch_size, strategy)
+        with strategy.scope():
+            model = components.build_training_model(config)
+            optimizer = components.build_optimizer(config)
+        step = tf_step.TrainStep(
+            model, optimizer, strategy, loss=config.loss, jit_compile=config.jit_compile
+        )
+        dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
+        batches = iter(strategy.experimental_distribute_dataset(dataset))
+        batch = next(batches)
+
+    def run():
+        float(step(*batch)["loss"])  # float() waits for the device.
+
+    return run
+
+
+def make_reference_step(config, images, labels):
+    """A callable running one step of the original's training graph (TF1 session).
+
+    `tests/tf1_reference.build_training_graph`: the original `model_fn` in
+    training mode (slim's fused BatchNorm with its UPDATE_OPS, BAL or cross
+    entropy, slim L2, momentum on the poly rate), with `config`'s settings.
+    """
+    import tensorflow as tf
+    import tf1_reference
+
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        step = tf1_reference.build_training_graph(
+            tf.constant(images),
+            tf.constant(labels),
+            config.base_architecture,
+            config.head,
+            output_stride=config.output_stride,
+            num_classes=config.num_classes,
+            units_per_block=config.units_per_block,
+            fine_tune_batch_norm=config.fine_tune_batch_norm,
+            batch_norm_decay=config.batch_norm_decay,
+            weight_decay=config.weight_decay,
+            loss=config.loss,
+            initial_learning_rate=config.initial_learning_rate,
+            end_learning_rate=config.end_learning_rate,
+            power=config.power,
+            max_iter=config.max_iter,
+            momentum=config.momentum,
+        )
+        session = v1.Session(graph=graph)
+        session.run(v1.global_variables_initializer())
+    fetches = [step["train_op"], step["loss"]]
+
+    def run():
+        session.run(fetches)
+
+    return run
+
+
+def main():
+    import keras
+
+    backend = keras.backend.backend()
+    common.quiet_python_logs()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        devices = tf.config.list_physical_devices("GPU")
+    else:
+        import jax
+
+        devices = [d for d in jax.devices() if d.platform != "cpu"]
+    num_gpu = len(devices) if FLAGS.num_gpu is None else FLAGS.num_gpu
+    config = _config(num_gpu)
     if config.mixed_precision != "none":
         keras.mixed_precision.set_dtype_policy(config.mixed_precision)
-    with strategy.scope():
-        model = trainer.build_training_model(config)
-        optimizer = trainer.build_optimizer(config)
-    step = trainer.TrainStep(
-        model, optimizer, strategy, loss=config.loss, jit_compile=config.jit_compile
-    )
-
-    rng = np.random.default_rng(0)
-    shape = (config.batch_size, FLAGS.crop_size, FLAGS.crop_size)
-    images = rng.uniform(0, 255, (*shape, 3)).astype(np.float32)
-    labels = rng.integers(0, config.num_classes, (*shape, 1)).astype(np.int32)
-    labels[:, : FLAGS.crop_size // 8] = constants.IGNORE_LABEL  # Some ignored pixels.
-    dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
-    batches = iter(strategy.experimental_distribute_dataset(dataset))
-
-    start = time.perf_counter()
-    for _ in range(FLAGS.warmup):
-        outputs = step(*next(batches))
-    float(outputs["loss"])  # Wait for the device.
-    warmup_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(FLAGS.steps):
-        outputs = step(*next(batches))
-    float(outputs["loss"])
-    seconds = (time.perf_counter() - start) / FLAGS.steps
-
+    only = FLAGS.only
+    if only is None:
+        # The original ran float32 without XLA.
+        plain = config.mixed_precision == "none" and not config.jit_compile
+        only = "both" if plain else "ours"
+    images, labels = random_batch(config)
+    runners = {}
+    if only in ("both", "ours"):
+        runners["ours"] = make_our_step(config, images, labels)
+    if only in ("both", "reference") and backend == "tensorflow":
+        runners["reference"] = make_reference_step(config, images, labels)
+    timings = common.time_alternating(runners, FLAGS.repeats, FLAGS.steps, FLAGS.warmup)
+    note = ""
+    if only == "both" and backend != "tensorflow":
+        timings["reference"] = common.time_reference_in_subprocess(__file__)
+        note = " (the original timed after ours, in a TensorFlow subprocess: not alternated)"
+    if FLAGS.json:
+        print(json.dumps(timings))
+        return
     units = ",".join(map(str, config.units_per_block)) if config.units_per_block else "full"
-    print(
-        f"train_step {config.base_architecture} ({units}) + {config.head}, loss {config.loss}, "
-        f"crop {FLAGS.crop_size}, batch {config.batch_size} ({per_replica}/replica x "
-        f"{strategy.num_replicas_in_sync}), {config.mixed_precision}, "
-        f"xla={'on' if config.jit_compile else 'off'} on {_device_description(num_gpu)}: "
-        f"{config.batch_size / seconds:.2f} images/s, {1 / seconds:.3f} steps/s, "
-        f"{1000 * seconds:.1f} ms/step ({FLAGS.steps} steps; warm-up {warmup_seconds:.1f} s)"
+    common.report(
+        f"train_step {config.base_architecture} ({units}) + {config.head}, "
+        f"loss {config.loss} + L2, OS{config.output_stride}, crop {FLAGS.crop_size}, "
+        f"batch {config.batch_size}, {config.mixed_precision}, "
+        f"xla={'on' if config.jit_compile or backend == 'jax' else 'off'}, "
+        f"backend {backend}, {num_gpu} GPU(s); "
+        f"median of {FLAGS.repeats} rounds of {FLAGS.steps} steps{note}",
+        timings,
+        "step",
+        1,
     )
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
