@@ -12,6 +12,7 @@ LOSSES = ("bal", "ce")
 MIXED_PRECISION_POLICIES = ("none", "mixed_float16", "mixed_bfloat16")
 # An epoch of the original's train_aug list.
 DEFAULT_SHUFFLE_BUFFER = 10582
+DEFAULT_PRE_TRAINED_MODEL = "./init_checkpoints/<arch>/model.ckpt"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -36,7 +37,8 @@ class TrainConfig:
             *.weights.h5 (with its .json) / directory holding model.weights.h5
             whose backbone is loaded. <arch> is replaced by base_architecture.
             Empty (--pre_trained_model=) trains from scratch. Ignored when
-            model_dir holds a checkpoint to resume from. Defaults to
+            model_dir holds a checkpoint to resume from; its default is
+            dropped when init_checkpoint is given. Defaults to
             `"./init_checkpoints/<arch>/model.ckpt"`.
         model_dir: str. Run directory: checkpoints, TensorBoard summaries
             (train/, eval/), model.weights.h5 + model.json and the export
@@ -108,12 +110,19 @@ class TrainConfig:
             demos (None: the architecture's). Defaults to `None`.
         shuffle_buffer: int. Examples in the training input's shuffle buffer
             (10582: an epoch of VOC train_aug). Defaults to 10582.
+        init_checkpoint: str or None. Fine-tuning: initialise the whole
+            network, backbone and head, from a trained model: the original's
+            TF1 checkpoint (e.g. the released model) or a *.weights.h5 (with
+            its .json) / directory holding model.weights.h5. The classifier
+            (network/conv2d) is left out when num_classes differs. Not with
+            pre_trained_model; ignored when model_dir holds a checkpoint to
+            resume from. Defaults to `None`.
     """
 
     # The original's options, in its order.
     num_gpu: int = 1
     base_architecture: str = "resnet_v1_101"
-    pre_trained_model: str | None = "./init_checkpoints/<arch>/model.ckpt"
+    pre_trained_model: str | None = DEFAULT_PRE_TRAINED_MODEL
     model_dir: str = "./model"
     data_dir: str = "./dataset/"
     clean_model_dir: bool = False
@@ -150,6 +159,7 @@ class TrainConfig:
     seed: int | None = None
     units_per_block: tuple | None = None
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
+    init_checkpoint: str | None = None
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():
@@ -171,6 +181,17 @@ class TrainConfig:
         for name in ("num_gpu", "epochs_per_eval", "initial_global_step"):
             checks.non_negative_int(name, getattr(self, name))
         checks.one_of("input_depth", self.input_depth, (3,))
+        if self.init_checkpoint:
+            if self.pre_trained_model == DEFAULT_PRE_TRAINED_MODEL:
+                self.pre_trained_model = None
+            elif self.pre_trained_model:
+                raise ValueError(
+                    "Invalid value for argument `init_checkpoint`. Expected no "
+                    "--pre_trained_model with it: --init_checkpoint initialises the whole "
+                    "network, --pre_trained_model the backbone only. Received: "
+                    f"init_checkpoint={self.init_checkpoint!r}, "
+                    f"pre_trained_model={self.pre_trained_model!r}"
+                )
         if self.units_per_block is not None:
             self.units_per_block = tuple(int(n) for n in self.units_per_block)
             if len(self.units_per_block) != 4 or min(self.units_per_block) < 1:

@@ -33,12 +33,8 @@ from absl import logging
 from tf_pacseg import evaluation, metrics, records, summaries
 from tf_pacseg.training import checkpoints
 from tf_pacseg.training.config import NonFiniteLossError, TrainResult
-from tf_pacseg.training.pretrained import (
-    load_pretrained,
-    missing_pretrained,
-    pretrained_exists,
-    resolve_pretrained_path,
-)
+from tf_pacseg.training.initialization import check_sources, initialize
+from tf_pacseg.training.pretrained import resolve_pretrained_path
 
 EXPORT_DIR = "export"
 
@@ -109,9 +105,8 @@ class Trainer:
     def setup(self):
         config, engine = self.config, self.engine
         resuming = _latest_checkpoint(config.model_dir, engine.name) is not None
-        if config.pre_trained_model and not resuming:
-            if not pretrained_exists(config.pre_trained_model):
-                raise missing_pretrained(config.pre_trained_model)  # Before the slow parts.
+        if not resuming:
+            check_sources(config)  # Before the slow parts.
         self.train_files = records.find_record_files(config.data_dir, "train")
         if config.epochs_per_eval:
             records.find_record_files(config.data_dir, "val")  # Fail now, not after an epoch.
@@ -133,10 +128,11 @@ class Trainer:
         resumed = self.checkpointer.restore_latest()
         if resumed:
             logging.info("Resuming from %s.", resumed)
-            if config.pre_trained_model:
-                logging.info("Ignoring --pre_trained_model: model_dir holds a checkpoint.")
+            for name in ("pre_trained_model", "init_checkpoint"):
+                if getattr(config, name):
+                    logging.info("Ignoring --%s: model_dir holds a checkpoint.", name)
         else:
-            logging.info(load_pretrained(self.model, config.pre_trained_model))
+            logging.info(initialize(self.model, config))
             engine.set_step(self.first_step)
         self.step = engine.step
         if resumed:
