@@ -110,7 +110,7 @@ class JaxTrainStep:
         self._trained = [i for i, v in enumerate(model.trainable_variables) if id(v) in trained]
         self._iterations = _index_of(optimizer.iterations, optimizer.variables)
         self._replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.state = self._state_from_model()
+        self._state = None
         self._host_confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
         self._step = jax.jit(self._stateless_step, donate_argnums=0)
 
@@ -124,6 +124,21 @@ class JaxTrainStep:
         """
         self.state, outputs = self._step(self.state, images, labels)
         return outputs
+
+    @property
+    def state(self):
+        """The arrays the step updates, taken from the Keras variables on first use.
+
+        Weights loaded into the model before the first step or `set_step`
+        (pre-trained backbones, checkpoints) are thus the ones trained.
+        """
+        if self._state is None:
+            self._state = self._state_from_model()
+        return self._state
+
+    @state.setter
+    def state(self, value):
+        self._state = value
 
     @property
     def step(self):
@@ -149,13 +164,13 @@ class JaxTrainStep:
         self.state["confusion"] = self._zero_confusion()
 
     def load_from_model(self):
-        """Takes the state from the Keras variables (after loading weights into them)."""
-        confusion = self.state["confusion"]
-        self.state = self._state_from_model()
-        self.state["confusion"] = confusion
+        """Takes the state from the Keras variables again (after loading weights into them)."""
+        self._state = None
 
     def sync_to_model(self):
         """Writes the state into the model's and the optimizer's Keras variables."""
+        if self._state is None:
+            return  # The variables are the state.
         pairs = (
             (self.model.trainable_variables, self.state["trainable"]),
             (self.model.non_trainable_variables, self.state["non_trainable"]),
