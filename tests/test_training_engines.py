@@ -1,7 +1,9 @@
 """The JAX engine's training step against the TensorFlow engine's, from the same weights and batch.
 
 The JAX side runs in a subprocess on the JAX backend with `import tensorflow`
-blocked: the step, the model and the loss need no TensorFlow.
+blocked (the step, the model and the loss need no TensorFlow), data parallel
+over two CPU devices: its update, and BatchNorm's statistics, are those of the
+global batch, as the TensorFlow step's on one device.
 
 One step is compared (a second would add the chaotic sensitivity of
 training-mode BatchNorm to a 4-image batch: 1e-5 on the inputs moves the
@@ -41,7 +43,10 @@ KINDS = ("kernel", "momentum", "moving_mean", "moving_variance", "other")
 # Runs on the JAX backend: one finder refuses TensorFlow before anything is imported.
 JAX_SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
+
+    # Two CPU devices: the global batch is split over them (data parallel).
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 
     class NoTensorFlow:
         def find_spec(self, name, path=None, target=None):
@@ -173,9 +178,9 @@ def runs(tmp_path_factory):
     )
 
 
-def test_the_jax_step_runs_without_tensorflow(runs):
+def test_the_jax_step_runs_without_tensorflow_on_two_devices(runs):
     info = runs["info"]
-    assert info["backend"] == "jax" and info["devices"] >= 1
+    assert info["backend"] == "jax" and info["devices"] == 2
     assert info["tensorflow_imported"] is False
     assert all(np.isfinite(info["losses"])) and len(info["losses"]) == STEPS
 
