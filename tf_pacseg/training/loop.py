@@ -308,6 +308,7 @@ class Trainer:
             data_dir=self.config.data_dir,
             batch_size=2 * self.engine.per_replica_batch,  # The original's eval batch.
             crop_size=(self.config.input_height, self.config.input_width),
+            ignore_label=self.config.ignore_label,
             verbose=0,
         )
         with self.eval_writer.as_default():
