@@ -1,5 +1,6 @@
 """--init_checkpoint: fine-tuning starts from a whole trained network, classifier aside."""
 
+import dataclasses
 import json
 import os
 
@@ -8,6 +9,7 @@ import pytest
 import tensorflow as tf
 import tf1_reference
 from helpers import make_records, randomize_weights
+from training_runs import tiny_config
 
 from tf_pacseg import saving, tf1_checkpoint, training
 from tf_pacseg.training import initialization
@@ -130,26 +132,18 @@ def test_training_starts_from_the_init_checkpoint_and_a_resume_ignores_it(
     tmp_path, released_layout, caplog
 ):
     caplog.set_level("INFO", logger="absl")
-    config = training.TrainConfig(
-        **TINY,
-        num_gpu=0,
-        num_classes=5,
-        batch_size=2,
-        input_height=33,
-        input_width=33,
+    config = tiny_config(
+        make_records(str(tmp_path)),
+        str(tmp_path / "model"),
         init_checkpoint=released_layout,
-        data_dir=make_records(str(tmp_path)),
-        model_dir=str(tmp_path / "model"),
         max_iter=1,
-        epochs_per_eval=0,
-        seed=0,
     )
     assert training.train(config).step == 1
     assert "Initialised the whole network from" in caplog.text
     assert "skipped network/conv2d/weights" in caplog.text
     caplog.clear()
     caplog.set_level("INFO", logger="absl")  # Again: the first run leaves it above INFO.
-    config = training.TrainConfig(**{**config.__dict__, "max_iter": 2})
+    config = dataclasses.replace(config, max_iter=2)
     assert training.train(config).step == 2
     assert "Ignoring --init_checkpoint: model_dir holds a checkpoint." in caplog.text
     assert "Initialised" not in caplog.text

@@ -33,6 +33,7 @@ from absl import logging
 from tf_pacseg import evaluation, metrics, records, summaries
 from tf_pacseg.training import checkpoints
 from tf_pacseg.training.config import NonFiniteLossError, TrainResult
+from tf_pacseg.training.debug import nonfinite_op_error
 from tf_pacseg.training.initialization import check_sources, initialize
 from tf_pacseg.training.pretrained import resolve_pretrained_path
 
@@ -370,7 +371,8 @@ def train(config, strategy=None):
         FileNotFoundError: missing records or --pre_trained_model.
         ValueError: invalid settings, or a model_dir checkpoint that does not
             match the model.
-        NonFiniteLossError: the loss or the weights became NaN/inf.
+        NonFiniteLossError: the loss or the weights became NaN/inf (with
+            `debug`, naming the op that made them).
     """
     config = dataclasses.replace(
         config,
@@ -395,6 +397,12 @@ def train(config, strategy=None):
         trainer.setup()
         with StopRequest() as stop:
             return trainer.run(stop)
+    except (tf.errors.InvalidArgumentError, FloatingPointError) as error:
+        step = getattr(trainer, "step", config.initial_global_step)
+        found = nonfinite_op_error(error, step, config.model_dir)
+        if found is None:
+            raise
+        raise found from error  # --debug named the op.
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
         engine.check_numerics(False)

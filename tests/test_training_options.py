@@ -1,0 +1,147 @@
+"""Every training option trains: mixed precision (bfloat16, float16 with loss scaling and its
+resume), XLA, --debug (and its report of the op that made a NaN)."""
+
+import contextlib
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import make_records
+from training_runs import Recorder, tiny_config, train_watched
+
+from tf_pacseg import training
+
+TINY = dict(
+    base_architecture="resnet_v1_50",
+    units_per_block=(1, 1, 1, 1),
+    num_classes=5,
+    num_gpu=0,
+    initial_learning_rate=0.01,
+    max_iter=100,
+    seed=0,
+)
+NUM_STEPS = 6
+
+
+def _fixed_batch():
+    images = np.random.default_rng(0).uniform(0, 255, (2, 33, 33, 3)).astype(np.float32)
+    labels = np.zeros((2, 33, 33, 1), np.int32)
+    labels[:, 10:25, 8:20] = 1
+    labels[1, :, 25:] = 3
+    labels[0, :4] = 255
+    return images, labels
+
+
+@contextlib.contextmanager
+def _engine(**options):
+    """The TensorFlow engine of a tiny model, set up as `training.train` sets it up."""
+    config = training.TrainConfig(**TINY, **options)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.utils.set_random_seed(config.seed)
+    if config.mixed_precision != "none":
+        keras.mixed_precision.set_dtype_policy(config.mixed_precision)
+    engine = training.create_engine(config)
+    try:
+        engine.check_numerics(config.debug)
+        engine.build()
+        yield engine
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous_policy)
+        engine.check_numerics(False)
+
+
+def _data_losses(engine):
+    batches = iter(
+        engine.strategy.experimental_distribute_dataset(
+            tf.data.Dataset.from_tensors(_fixed_batch()).repeat()
+        )
+    )
+    return [float(engine.train_step(*next(batches))["data_loss"]) for _ in range(NUM_STEPS)]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"mixed_precision": "mixed_bfloat16"},
+        {"mixed_precision": "mixed_float16"},
+        {"jit_compile": True},
+        {"debug": True},
+    ],
+    ids=["bfloat16", "float16", "jit_compile", "debug"],
+)
+def test_each_option_trains_the_loss_down_on_a_fixed_batch(options):
+    with _engine(**options) as engine:
+        if "mixed_precision" in options:
+            assert engine.model.compute_dtype == options["mixed_precision"][len("mixed_") :]
+            assert engine.model.variable_dtype == "float32"
+        assert isinstance(engine.optimizer, keras.optimizers.LossScaleOptimizer) == (
+            options.get("mixed_precision") == "mixed_float16"
+        )
+        assert engine.step_fn.jit_compile == options.get("jit_compile", False)
+        losses = _data_losses(engine)
+    assert all(np.isfinite(losses)), losses
+    # About 3.3 -> 0.5 in float32; a step that does not train leaves it near 3.3.
+    assert losses[-1] < losses[0] / 2, losses
+
+
+def _loss_scale(engine):
+    optimizer = engine.optimizer
+    return float(optimizer.dynamic_scale.numpy()), int(optimizer.step_counter.numpy())
+
+
+def test_float16_loss_scaling_is_restored_on_resume(tmp_path, monkeypatch):
+    data_dir = make_records(str(tmp_path))
+    model_dir = str(tmp_path / "model")
+    config = tiny_config(data_dir, model_dir, mixed_precision="mixed_float16")
+    saved = (1024.0, 7)  # Not the initial (32768, 0): set before the save at the stop.
+
+    class PlantScale(Recorder):
+        def after_step(self, engine):
+            if len(self.batches) == self.stop_after:
+                engine.optimizer.dynamic_scale.assign(saved[0])
+                engine.optimizer.step_counter.assign(saved[1])
+
+    assert train_watched(monkeypatch, PlantScale(stop_after=3), config).interrupted
+
+    class ReadScale(Recorder):
+        restored = None
+
+        def before_step(self, engine):
+            if self.restored is None:
+                self.restored = _loss_scale(engine)
+
+    resumed = ReadScale()
+    result = train_watched(monkeypatch, resumed, config)
+    assert result.interrupted is None and result.step > 3
+    assert resumed.restored == saved
+
+
+def test_debug_names_the_op_that_made_a_nan(tmp_path):
+    config = tiny_config(
+        make_records(str(tmp_path)),
+        str(tmp_path / "model"),
+        debug=True,
+        initial_learning_rate=1e10,  # The weights overflow within a few steps.
+    )
+    with pytest.raises(training.NonFiniteLossError) as raised:
+        training.train(config)
+    message = str(raised.value)
+    assert re.match(
+        r"--debug: after step \d+, output \d+ of \w+ op \S+/resnet_v1_50\.\S+ "
+        r"(\(made at tf_pacseg/\w+\.py:\d+\) )?had [-+]?(Inf|NaN)",
+        message,
+    ), message
+    assert "Traceback" not in message and "\n" not in message
+
+
+def test_only_debug_reports_become_the_clean_message():
+    from tf_pacseg.training.debug import nonfinite_op_error
+
+    jax_report = FloatingPointError("invalid value (nan) encountered in log")
+    error = nonfinite_op_error(jax_report, 3, "runs/x")
+    assert isinstance(error, training.NonFiniteLossError)
+    assert str(error).startswith("--debug: after step 3, invalid value (nan) encountered in log.")
+    other = tf.errors.InvalidArgumentError(None, None, "Incompatible shapes: [2] vs. [3]")
+    assert nonfinite_op_error(other, 3, "runs/x") is None
