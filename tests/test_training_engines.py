@@ -16,13 +16,11 @@ last place of the variable. An update is compared by the relative L2 norm of
 the difference, `|(jax - initial) - (tf - initial)| / |tf - initial|`.
 """
 
-import json
-import textwrap
-
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import randomize_weights, run_python
+from helpers import randomize_weights
+from jax_training import MOMENTUM_PREFIX, STEP_KEY, run_jax_steps
 
 from tf_pacseg.saving import save_model_weights
 from tf_pacseg.training import TrainConfig, TrainStep, build_optimizer, build_training_model
@@ -40,54 +38,9 @@ PERTURBATION = 1e-5
 K = 4.0
 KINDS = ("kernel", "momentum", "moving_mean", "moving_variance", "other")
 
-# Runs on the JAX backend: one finder refuses TensorFlow before anything is imported.
-JAX_SCRIPT = textwrap.dedent(
-    """
-    import json, os, sys
-
-    # Two CPU devices: the global batch is split over them (data parallel).
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-
-    class NoTensorFlow:
-        def find_spec(self, name, path=None, target=None):
-            if name.partition(".")[0] == "tensorflow":
-                raise ImportError("TensorFlow is blocked in this test")
-
-    sys.meta_path.insert(0, NoTensorFlow())
-    import keras
-    import numpy as np
-    from tf_pacseg.model import build_model
-    from tf_pacseg.training import TrainConfig, build_optimizer, jax_step
-
-    weights, config, batch, output = sys.argv[1:]
-    with open(weights[: -len(".weights.h5")] + ".json", encoding="utf-8") as f:
-        model = build_model(**json.load(f)["architecture"])
-    model.get_layer("network.dropout").rate = 0.0
-    optimizer = build_optimizer(TrainConfig(**json.loads(config)))
-    step = jax_step.JaxTrainStep(model, optimizer, mesh=jax_step.data_parallel_mesh())
-    # Loaded after the step exists, as train.py loads pre-trained weights.
-    model.load_weights(weights)
-    arrays = np.load(batch)
-    batches = [(arrays["images"], arrays["labels"])]
-    (images, labels), = jax_step.prefetch_to_devices(batches, step.mesh)
-    losses = [float(step(images, labels)["loss"]) for _ in range(int(arrays["steps"]))]
-    step.sync_to_model()
-    values = {v.path: np.asarray(v.value) for v in model.weights}
-    for variable, slot in zip(step.variables, optimizer.accumulators, strict=True):
-        values["momentum/" + variable.path] = np.asarray(slot.value)
-    np.savez(output, **values)
-    print(json.dumps({
-        "losses": losses,
-        "backend": keras.backend.backend(),
-        "devices": step.mesh.size,
-        "tensorflow_imported": any(m.partition(".")[0] == "tensorflow" for m in sys.modules),
-    }))
-    """
-)
-
 
 def _kind(name):
-    if name.startswith("momentum/"):
+    if name.startswith(MOMENTUM_PREFIX):
         return "momentum"
     leaf = name.rsplit("/", 1)[-1]
     return leaf if leaf in KINDS else "other"
@@ -114,7 +67,7 @@ def _tf_steps(model_weights, images, labels):
     losses = [float(step(tf.constant(images), tf.constant(labels))["loss"]) for _ in range(STEPS)]
     values = {v.path: v.numpy() for v in model.weights}
     for variable, slot in zip(step.variables, optimizer.accumulators, strict=True):
-        values["momentum/" + variable.path] = slot.numpy()
+        values[MOMENTUM_PREFIX + variable.path] = slot.numpy()
     return losses, values
 
 
@@ -152,18 +105,8 @@ def runs(tmp_path_factory):
     save_model_weights(model, weights_path)
     initial = {v.path: v.numpy() for v in model.weights}
     images, labels = _batch()
-    np.savez(root / "batch.npz", images=images, labels=labels, steps=STEPS)
-
-    output = root / "jax.npz"
-    process = run_python(
-        JAX_SCRIPT,
-        [weights_path, json.dumps(CONFIG), root / "batch.npz", output],
-        backend="jax",
-        timeout=600,
-    )
-    info = json.loads(process.stdout.strip().splitlines()[-1])
-    with np.load(output) as arrays:
-        jax_values = dict(arrays)
+    info, snapshots = run_jax_steps(weights_path, CONFIG, images, labels, STEPS, root, devices=2)
+    jax_values = {k: v for k, v in snapshots[-1].items() if k != STEP_KEY}
 
     start = model.get_weights()
     tf_losses, tf_values = _tf_steps(start, images, labels)

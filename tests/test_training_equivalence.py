@@ -16,9 +16,9 @@ the two floors, per kind of variable, plus two float32 units in the last
 place of the variable (what the variable can resolve: a head BatchNorm with
 decay 0.9997 moves by a few of them per step).
 
-`our_training_steps` is the only engine-specific part: another engine's step
-can be compared with the same `reference`, `compare_updates` and
-`assert_within_noise_floor`.
+Both engines are compared: `our_training_steps` (TensorFlow) and
+`jax_training_steps` (JAX, in a subprocess: tests/jax_training.py) against the
+same `reference`, `compare_updates` and `assert_within_noise_floor`.
 """
 
 import dataclasses
@@ -27,8 +27,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf1_reference
+from jax_training import MOMENTUM_PREFIX, STEP_KEY, run_jax_steps
 
 from tf_pacseg import synthetic
+from tf_pacseg.saving import save_model_weights
 from tf_pacseg.tf1_checkpoint import load_tf1_checkpoint, tf1_variable_map
 from tf_pacseg.training import TrainConfig, TrainStep, build_optimizer, build_training_model
 
@@ -126,6 +128,30 @@ def our_training_steps(checkpoint, images, labels, config):
     return result
 
 
+def jax_training_steps(checkpoint, images, labels, config, work_dir):
+    """The JAX engine's `JaxTrainStep` from the same checkpoint, dropout off, as a `StepResult`."""
+    model = build_training_model(config)
+    load_tf1_checkpoint(model, checkpoint)
+    weights_path = str(work_dir / "model.weights.h5")
+    save_model_weights(model, weights_path)
+    by_name = tf1_variable_map(model)
+    names = {variable.path: name for name, variable in by_name.items()}
+    fields = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
+    info, snapshots = run_jax_steps(weights_path, fields, images, labels, STEPS, work_dir)
+
+    def by_tf1_name(snapshot):
+        values = {STEP_KEY: snapshot[STEP_KEY]}
+        for path, value in snapshot.items():
+            if path.startswith(MOMENTUM_PREFIX):
+                values[names[path[len(MOMENTUM_PREFIX) :]] + "/Momentum"] = value
+            elif path in names:
+                values[names[path]] = value
+        return values
+
+    initial = {name: variable.numpy() for name, variable in by_name.items()}
+    return StepResult(info["losses"], initial, [by_tf1_name(s) for s in snapshots])
+
+
 def compare_updates(result, reference, step=0):
     """{TF1 name: relative L2 norm of the update difference} after `step` (0-based).
 
@@ -208,19 +234,48 @@ def checkpoint(tmp_path_factory):
     return prefix
 
 
+@pytest.fixture(scope="module")
+def references(checkpoint):
+    """Per `fine_tune_batch_norm`: the reference, its noise floors, and the batch."""
+    cache = {}
+
+    def get(fine_tune_batch_norm):
+        if fine_tune_batch_norm not in cache:
+            config = TrainConfig(
+                **ARCHITECTURE, **SCHEDULE, fine_tune_batch_norm=fine_tune_batch_norm
+            )
+            images, labels = _synthetic_batch(seed=1)
+            noise = np.random.default_rng(3).normal(0.0, PERTURBATION, images.shape)
+            reference = reference_step(checkpoint, images, labels, config)
+            noisy = (
+                reference_step(checkpoint, images + noise.astype(np.float32), labels, config),
+                reference_step(checkpoint, images, labels, config, fused_batch_norm=False),
+            )
+            cache[fine_tune_batch_norm] = dict(
+                config=config,
+                batch=(images, labels),
+                reference=reference,
+                floor=noise_floor(reference, *noisy),
+                losses_floor=loss_floor(reference, *noisy),
+            )
+        return cache[fine_tune_batch_norm]
+
+    return get
+
+
+@pytest.mark.parametrize("engine", ["tensorflow", pytest.param("jax", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("fine_tune_batch_norm", [True, False])
 def test_training_step_matches_the_original_within_its_noise_floor(
-    checkpoint, fine_tune_batch_norm
+    checkpoint, references, fine_tune_batch_norm, engine, tmp_path
 ):
-    config = TrainConfig(**ARCHITECTURE, **SCHEDULE, fine_tune_batch_norm=fine_tune_batch_norm)
-    images, labels = _synthetic_batch(seed=1)
-    noise = np.random.default_rng(3).normal(0.0, PERTURBATION, images.shape)
-    reference = reference_step(checkpoint, images, labels, config)
-    perturbed = reference_step(checkpoint, images + noise.astype(np.float32), labels, config)
-    unfused = reference_step(checkpoint, images, labels, config, fused_batch_norm=False)
-    floor = noise_floor(reference, perturbed, unfused)
+    run = references(fine_tune_batch_norm)
+    config, (images, labels), reference = run["config"], run["batch"], run["reference"]
+    floor, losses_floor = run["floor"], run["losses_floor"]
 
-    ours = our_training_steps(checkpoint, images, labels, config)
+    if engine == "jax":
+        ours = jax_training_steps(checkpoint, images, labels, config, tmp_path)
+    else:
+        ours = our_training_steps(checkpoint, images, labels, config)
 
     untouched = [
         name
@@ -234,6 +289,5 @@ def test_training_step_matches_the_original_within_its_noise_floor(
     else:
         # BatchNorm in inference mode: its moving statistics stay.
         assert untouched and all(_kind(n).startswith("moving_") for n in untouched)
-    losses_floor = loss_floor(reference, perturbed, unfused)
     print(summary(ours, reference, floor, losses_floor))
     assert_within_noise_floor(ours, reference, floor, losses_floor)
