@@ -47,8 +47,24 @@ def time_reference_in_subprocess(script):
     return json.loads(result.stdout.strip().splitlines()[-1])["reference"]
 
 
+def accelerators():
+    """Names of the GPUs (or other accelerators) the active Keras backend sees."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return [d.device_kind for d in jax.devices() if d.platform != "cpu"]
+    import tensorflow as tf
+
+    return [
+        tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+        for gpu in tf.config.list_physical_devices("GPU")
+    ]
+
+
 def machine_description():
-    """CPU model, cores usable by this process and the accelerators TensorFlow sees."""
+    """CPU model, cores usable by this process, and the accelerators."""
     model = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as cpuinfo:
@@ -57,7 +73,9 @@ def machine_description():
                     model = line.split(":", 1)[1].strip()
                     break
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} of {os.cpu_count()} CPU cores"
+    names = accelerators()
+    devices = ", ".join(f"{names.count(n)} x {n}" for n in dict.fromkeys(names)) or "no GPU"
+    return f"{model}, {cores} of {os.cpu_count()} CPU cores; {devices}"
 
 
 def time_alternating(runners, repeats, iterations, warmup):

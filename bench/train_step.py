@@ -182,15 +182,7 @@ def main():
 
     backend = keras.backend.backend()
     common.quiet_python_logs()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        devices = tf.config.list_physical_devices("GPU")
-    else:
-        import jax
-
-        devices = [d for d in jax.devices() if d.platform != "cpu"]
-    num_gpu = len(devices) if FLAGS.num_gpu is None else FLAGS.num_gpu
+    num_gpu = len(common.accelerators()) if FLAGS.num_gpu is None else FLAGS.num_gpu
     config = _config(num_gpu)
     if config.mixed_precision != "none":
         keras.mixed_precision.set_dtype_policy(config.mixed_precision)
