@@ -13,15 +13,6 @@ from training_runs import Recorder, tiny_config, train_watched
 
 from tf_pacseg import training
 
-TINY = dict(
-    base_architecture="resnet_v1_50",
-    units_per_block=(1, 1, 1, 1),
-    num_classes=5,
-    num_gpu=0,
-    initial_learning_rate=0.01,
-    max_iter=100,
-    seed=0,
-)
 NUM_STEPS = 6
 
 
@@ -37,7 +28,8 @@ def _fixed_batch():
 @contextlib.contextmanager
 def _engine(**options):
     """The TensorFlow engine of a tiny model, set up as `training.train` sets it up."""
-    config = training.TrainConfig(**TINY, **options)
+    # No data (the steps run on a fixed batch); nothing is saved in model_dir.
+    config = tiny_config("", "", initial_learning_rate=0.01, max_iter=100, **options)
     previous_policy = keras.mixed_precision.global_policy()
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision != "none":
