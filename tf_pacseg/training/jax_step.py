@@ -178,8 +178,9 @@ class JaxTrainStep:
         )
         for variables, values in pairs:
             for variable, value in zip(variables, values, strict=True):
-                # A copy: the step donates (frees) the state's buffers.
-                variable.assign(jnp.copy(value))
+                # This process's copy (saving, evaluation and export run per
+                # process), copied: the step donates (frees) the state's buffers.
+                variable.assign(jnp.copy(value.addressable_data(0)))
 
     def _zero_confusion(self):
         zeros = jnp.zeros((self.num_classes, self.num_classes), "int32")
