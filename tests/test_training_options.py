@@ -137,3 +137,17 @@ def test_only_debug_reports_become_the_clean_message():
     assert str(error).startswith("--debug: after step 3, invalid value (nan) encountered in log.")
     other = tf.errors.InvalidArgumentError(None, None, "Incompatible shapes: [2] vs. [3]")
     assert nonfinite_op_error(other, 3, "runs/x") is None
+
+
+def test_training_time_evaluation_uses_the_runs_ignore_label(tmp_path):
+    # The records' void pixels are 255: with ignore_label=0 they are out of range,
+    # which the evaluation of the val records reports, naming the ignore label it got.
+    config = tiny_config(
+        make_records(str(tmp_path)),
+        str(tmp_path / "model"),
+        ignore_label=0,
+        max_iter=1,
+        epochs_per_eval=1,
+    )
+    with pytest.raises(ValueError, match=r"label values \[255\] .* not the ignore label 0"):
+        training.train(config)
