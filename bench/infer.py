@@ -80,7 +80,15 @@ def make_our_forward(images, checkpoint=None):
     if keras.backend.backend() == "jax":
         import jax
 
-        forward = jax.jit(lambda x: model(x, training=False))
+        # The weights as arguments, not as constants folded into the program.
+        weights = (
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+        )
+        stateless = jax.jit(lambda weights, x: model.stateless_call(*weights, x, training=False)[0])
+
+        def forward(x):
+            return stateless(weights, x)
     else:
         import tensorflow as tf
 
