@@ -4,9 +4,9 @@ Ours is the step train.py runs (forward, loss, backward, cross-replica sum,
 update); the original's is its training branch rebuilt in tf.compat.v1
 (`build_training_graph` of tests/tf1_reference.py): slim's fused BatchNorm
 in training mode with its moving-average update ops, boundary-aware loss (or
-cross entropy), slim L2 on the conv kernels, momentum on the poly rate. Both run on one fixed
-random batch (the input pipeline is left out), in alternating rounds after a
-warm-up; the medians and their ratio are printed.
+cross entropy), slim L2 on the conv kernels, momentum on the poly rate. Both
+run on one fixed random batch (the input pipeline is left out), in
+alternating rounds after a warm-up; the medians and their ratio are printed.
 
     python bench/train_step.py --crop_size=321 --batch_size=2 --num_gpu=0
     python bench/train_step.py --units_per_block=1,1,1,1 --crop_size=65 --batch_size=2 \
