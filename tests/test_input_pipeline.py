@@ -321,7 +321,7 @@ def _assert_same_batches(actual, expected):
 
 
 @pytest.mark.parametrize(
-    "batch_size, shuffle_buffer", [(2, 4), (4, input_pipeline.DEFAULT_SHUFFLE_BUFFER)]
+    "batch_size, shuffle_buffer", [(2, 4), (4, constants.DEFAULT_SHUFFLE_BUFFER)]
 )
 def test_train_dataset_from_start_step_continues_the_skipped_steps_batches(
     data_dir, batch_size, shuffle_buffer

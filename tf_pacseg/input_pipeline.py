@@ -22,10 +22,6 @@ import tensorflow as tf
 
 from tf_pacseg import checks, constants, records
 
-# The original shuffled a whole epoch of train_aug (10582 serialized examples,
-# about 1 GB of encoded bytes); lower it when memory is tight.
-DEFAULT_SHUFFLE_BUFFER = 10582
-
 # Record files read at once by the training interleave. Fixed rather than
 # AUTOTUNE so that a seeded pipeline gives the same order on any machine.
 _MAX_CYCLE_LENGTH = 8
@@ -380,7 +376,7 @@ def train_dataset(
     max_scale=constants.MAX_SCALE,
     scale_step=constants.SCALE_STEP,
     ignore_label=constants.IGNORE_LABEL,
-    shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
+    shuffle_buffer=constants.DEFAULT_SHUFFLE_BUFFER,
     seed=None,
     repeat=False,
     input_context=None,

@@ -10,8 +10,6 @@ from tf_pacseg import checks, constants
 
 LOSSES = ("bal", "ce")
 MIXED_PRECISION_POLICIES = ("none", "mixed_float16", "mixed_bfloat16")
-# An epoch of the original's train_aug list.
-DEFAULT_SHUFFLE_BUFFER = 10582
 DEFAULT_PRE_TRAINED_MODEL = "./init_checkpoints/<arch>/model.ckpt"
 
 
@@ -158,7 +156,7 @@ class TrainConfig:
     keep_checkpoint_max: int = 5
     seed: int | None = None
     units_per_block: tuple | None = None
-    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
+    shuffle_buffer: int = constants.DEFAULT_SHUFFLE_BUFFER
     init_checkpoint: str | None = None
 
     def __post_init__(self):
