@@ -64,3 +64,34 @@ def test_a_resumed_run_of_the_jax_engine_too(tmp_path):
         "    test_resume.check_resume_continues_the_uninterrupted_run(sys.argv[1], patch)\n"
     )
     run_python(script, [tmp_path], backend="jax", timeout=600)
+
+
+def test_checkpoints_keep_the_input_position_and_older_ones_still_resume(tmp_path):
+    import tensorflow as tf
+
+    from tf_pacseg import training
+
+    def checkpointer(model_dir):
+        engine = training.create_engine(tiny_config("", str(model_dir)))
+        engine.build()
+        return engine, engine.checkpointer
+
+    # As written before the input position (and dropout's seed) were kept.
+    engine, _ = checkpointer(tmp_path / "old")
+    tf.train.Checkpoint(model=engine.model, optimizer=engine.optimizer).save(
+        str(tmp_path / "old" / "ckpt")
+    )
+    _, restored = checkpointer(tmp_path / "old")
+    assert restored.restore_latest() is not None and restored.input_position is None
+
+    # Without the optimizer's state: not resumable.
+    engine, _ = checkpointer(tmp_path / "partial")
+    tf.train.Checkpoint(model=engine.model).save(str(tmp_path / "partial" / "ckpt"))
+    _, restored = checkpointer(tmp_path / "partial")
+    with pytest.raises(ValueError, match="Cannot resume from .*partial"):
+        restored.restore_latest()
+
+    _, saver = checkpointer(tmp_path / "new")
+    saver.save(5, input_position=7)  # 7 batches read for 5 updates (float16 skips).
+    _, restored = checkpointer(tmp_path / "new")
+    assert restored.restore_latest().endswith("ckpt-5") and restored.input_position == 7

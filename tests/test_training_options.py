@@ -11,7 +11,8 @@ import tensorflow as tf
 from helpers import make_records
 from training_runs import Recorder, tiny_config, train_watched
 
-from tf_pacseg import training
+from tf_pacseg import input_pipeline, records, training
+from tf_pacseg.training import components
 
 NUM_STEPS = 6
 
@@ -83,19 +84,24 @@ def _loss_scale(engine):
     return float(optimizer.dynamic_scale.numpy()), int(optimizer.step_counter.numpy())
 
 
-def test_float16_loss_scaling_is_restored_on_resume(tmp_path, monkeypatch):
+def test_float16_loss_scale_and_input_position_are_restored_on_resume(tmp_path, monkeypatch):
     data_dir = make_records(str(tmp_path))
-    model_dir = str(tmp_path / "model")
-    config = tiny_config(data_dir, model_dir, mixed_precision="mixed_float16")
+    config = tiny_config(data_dir, str(tmp_path / "model"), mixed_precision="mixed_float16")
     saved = (1024.0, 7)  # Not the initial (32768, 0): set before the save at the stop.
 
     class PlantScale(Recorder):
+        def before_step(self, engine):
+            if len(self.batches) == 1:  # Overflows: the update is skipped.
+                engine.optimizer.dynamic_scale.assign(2.0**40)
+
         def after_step(self, engine):
-            if len(self.batches) == self.stop_after:
+            if len(self.batches) in (1, self.stop_after):
                 engine.optimizer.dynamic_scale.assign(saved[0])
                 engine.optimizer.step_counter.assign(saved[1])
 
-    assert train_watched(monkeypatch, PlantScale(stop_after=3), config).interrupted
+    stopped = PlantScale(stop_after=3)
+    result = train_watched(monkeypatch, stopped, config)
+    assert result.interrupted and result.step < 3  # 3 batches read, fewer updates.
 
     class ReadScale(Recorder):
         restored = None
@@ -106,8 +112,20 @@ def test_float16_loss_scaling_is_restored_on_resume(tmp_path, monkeypatch):
 
     resumed = ReadScale()
     result = train_watched(monkeypatch, resumed, config)
-    assert result.interrupted is None and result.step > 3
+    assert result.interrupted is None
     assert resumed.restored == saved
+    # The input goes on after the 3 batches read, not after the updates made.
+    dataset = input_pipeline.train_dataset(
+        records.find_record_files(data_dir, "train"),
+        config.batch_size,
+        **components.train_input_arguments(config),
+    )
+    expected = [tuple(t.numpy() for t in batch) for batch in dataset.take(4)]
+    for (images, labels), (want_images, want_labels) in zip(
+        stopped.batches + resumed.batches[:1], expected, strict=True
+    ):
+        np.testing.assert_array_equal(images, want_images)
+        np.testing.assert_array_equal(labels, want_labels)
 
 
 def test_debug_names_the_op_that_made_a_nan(tmp_path):

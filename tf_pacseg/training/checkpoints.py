@@ -99,15 +99,21 @@ class _Checkpointer:
         self.config = config
         self.chief = chief
         self.last_saved_step = None
+        # Global batches read when saved (float16 loss scaling's skipped updates
+        # make it more than the steps): where a resumed input continues. None
+        # after restoring a checkpoint written without it.
+        self.input_position = None
 
-    def save(self, step):
-        """Saves everything for `step` unless some weight is non-finite."""
+    def save(self, step, input_position):
+        """Saves everything for `step` (`input_position` batches read) unless a weight is
+        non-finite."""
         if not self._all_finite():
             raise NonFiniteLossError(
                 f"Non-finite weights at step {step}: training stopped without saving them. "
                 f"The last good checkpoint in {self.config.model_dir} is kept. Lower "
                 "--initial_learning_rate, or use --debug to find the op."
             )
+        self.input_position = input_position
         path = self._write(step)
         self.last_saved_step = step
         if not self.chief:
@@ -125,13 +131,17 @@ class TFCheckpointer(_Checkpointer):
 
     def __init__(self, model, optimizer, strategy, config):
         super().__init__(model, config, distribute.is_chief(strategy))
-        # Dropout's seed too (Keras leaves it out of the model's checkpoint), so
-        # that a resumed run draws what the uninterrupted one would.
+        # Also what makes a resumed run the uninterrupted one: dropout's seed
+        # (Keras leaves it out of the model's checkpoint) and the input
+        # position. Older checkpoints lack these extras and resume without them.
         weights = {id(v) for v in model.weights}
-        random_state = [v for v in model.variables if id(v) not in weights]
-        self.checkpoint = tf.train.Checkpoint(
-            model=model, optimizer=optimizer, random_state=random_state
+        self._position = tf.Variable(-1, dtype=tf.int64, trainable=False)
+        self._extras = dict(
+            random_state=[v for v in model.variables if id(v) not in weights],
+            input_position=self._position,
         )
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **self._extras)
+        self._required = tf.train.Checkpoint(model=model, optimizer=optimizer)
         self.directory = distribute.write_dir(config.model_dir, strategy)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint,
@@ -147,15 +157,20 @@ class TFCheckpointer(_Checkpointer):
         if path is None:
             return None
         try:
-            self.checkpoint.restore(path).assert_existing_objects_matched()
+            # The extras, restored below, are expected to be left over here.
+            self._required.restore(path).expect_partial().assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
             raise _cannot_resume(path, error) from error
+        tf.train.Checkpoint(**self._extras).restore(path).expect_partial()
+        position = int(self._position.numpy())
+        self.input_position = position if position >= 0 else None
         return path
 
     def _all_finite(self):
         return bool(self._finite())
 
     def _write(self, step):
+        self._position.assign(self.input_position)
         return self.manager.save(checkpoint_number=step)
 
 
@@ -200,6 +215,8 @@ class ArrayCheckpointer(_Checkpointer):
                             path, f"{variable.path} has shape {value.shape}, not {variable.shape}"
                         )
                     variable.assign(value)
+            if "input_position" in arrays.files:
+                self.input_position = int(arrays["input_position"])
         self.step_fn.load_from_model()
         return path
 
@@ -212,7 +229,7 @@ class ArrayCheckpointer(_Checkpointer):
         path = os.path.join(self.directory, f"{CHECKPOINT_NAME}-{int(step)}.npz")
         if not self.chief:
             return path
-        arrays = {}
+        arrays = {"input_position": np.int64(self.input_position)}
         for group, variables in self._variables.items():
             arrays[f"{group}_paths"] = np.asarray([v.path for v in variables])
             for index, variable in enumerate(variables):

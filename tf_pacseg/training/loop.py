@@ -9,9 +9,9 @@ after `max_iter` steps (from `initial_global_step`) or `train_epochs` epochs,
 whichever comes first, and exports the model. Rerunning resumes at the saved
 step with the optimizer's momentum and the schedule intact, and, with a
 `seed`, the input order and augmentation where they stopped (no batch is
-seen twice; float16 loss scaling's skipped updates are not counted, so the
-batches of those are seen again). A non-finite loss (or weight) stops
-training before anything is saved, leaving the last good checkpoint.
+seen twice, even after float16 loss scaling skipped updates). A non-finite
+loss (or weight) stops training before anything is saved, leaving the last
+good checkpoint.
 
 The engine (`tf_step.TFEngine` or `jax_step.JaxEngine`, chosen by the Keras
 backend) owns the model, the step, the input on the devices and the
@@ -138,8 +138,11 @@ class Trainer:
         self.step = engine.step
         if resumed:
             self.checkpointer.last_saved_step = self.step
-        # With a seed, the input continues where the checkpoint's steps left it.
-        self.batches = engine.batches(self.train_files, start_step=self.step - self.first_step)
+        # With a seed, the input continues after the batches read before the
+        # checkpoint (for a checkpoint that does not say, one per step).
+        position = self.checkpointer.input_position if resumed else None
+        self.batches_read = self.step - self.first_step if position is None else position
+        self.batches = engine.batches(self.train_files, start_step=self.batches_read)
         if self.chief:
             self.train_writer = tf.summary.create_file_writer(
                 os.path.join(config.model_dir, "train")
@@ -174,6 +177,7 @@ class Trainer:
             if (self.step - self.first_step) % self.steps_per_epoch == 0:
                 engine.reset_metrics()  # Running train metrics are per epoch.
             images, labels = next(self.batches)
+            self.batches_read += 1
             outputs = engine.train_step(images, labels)
             self.step += 1
             pending_losses.append(outputs["loss"])
@@ -198,16 +202,18 @@ class Trainer:
                 with self.train_writer.as_default():
                     self._write_images(images, labels)
             if save_now:
-                self.checkpointer.save(self.step)
+                self.checkpointer.save(self.step, self.batches_read)
             if eval_now:
                 result.evaluation = self._evaluate()
                 evaluated_at = self.step
             if self._stop_requested(stop, log_now):
                 break
-        result.step = self.step
         self._check_finite(pending_losses)
+        # The optimizer's count: float16 loss scaling may have skipped updates since the
+        # last log, and a stop comes at any step.
+        self.step = result.step = engine.step
         if self.checkpointer.last_saved_step != self.step:
-            self.checkpointer.save(self.step)
+            self.checkpointer.save(self.step, self.batches_read)
         if stop.signum is not None:
             result.interrupted = stop.signum
             logging.warning(
