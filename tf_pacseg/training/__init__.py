@@ -7,7 +7,10 @@ both train the same model with the same objective, optimizer and outputs
 - `config`: `TrainConfig` (every setting), `TrainResult`.
 - `components`: model, optimizer, trained variables and loss, shared by both engines.
 - `loop`: `train`, the backend-neutral loop.
-- `checkpoints`, `pretrained`: saving, export, backbone initialisation.
+- `checkpoints`: saving, resuming, export.
+- `initialization` (+ `pretrained`): how a fresh run starts: the backbone
+  (`pre_trained_model`) or the whole network (`init_checkpoint`).
+- `debug`: `--debug`'s report of the op that made a NaN or inf.
 - `tf_step`: the TensorFlow engine; `jax_step` (+ `jax_engine`): the JAX one.
 
 The names below load their modules on first use, so that importing the
@@ -37,6 +40,7 @@ _EXPORTS = {
     "create_engine": "tf_pacseg.training.loop",
     "resolve_pretrained_path": "tf_pacseg.training.pretrained",
     "load_pretrained": "tf_pacseg.training.pretrained",
+    "load_init_checkpoint": "tf_pacseg.training.initialization",
     "export_inference_model": "tf_pacseg.training.checkpoints",
     "TrainStep": "tf_pacseg.training.tf_step",
     "agree_on_overflow": "tf_pacseg.training.tf_step",
