@@ -8,7 +8,6 @@ PYTHON := .venv/bin/python
 SETUP_TARGET := .venv/.installed
 endif
 
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 # The Keras backend picks the training engine: `KERAS_BACKEND=jax make demo`
 # trains with JAX. The test process itself stays on TensorFlow; the tests run
 # the JAX engine in subprocesses.

@@ -15,7 +15,9 @@ import os
 import shutil
 import time
 
-from absl import app, flags
+from absl import flags
+
+from tf_pacseg import cli
 
 flags.DEFINE_string("work_dir", "demo_work", "Dataset, records and the training run.")
 flags.DEFINE_string("output_dir", "demo_output", "Colour masks and metrics.json.")
@@ -50,8 +52,7 @@ _TRAIN_SETTINGS = dict(
 )
 
 
-def main(argv):
-    del argv
+def main():
     from tf_pacseg import evaluation, prediction, saving, synthetic, training, voc
 
     started = time.time()
@@ -105,4 +106,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
