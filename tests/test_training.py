@@ -110,6 +110,8 @@ def test_config_rejects_invalid_values_naming_them():
         training.TrainConfig(units_per_block=(1, 1, 1))
     with pytest.raises(ValueError, match="mixed_precision"):
         training.TrainConfig(mixed_precision="float8")
+    with pytest.raises(ValueError, match="debug=True, mixed_precision='mixed_float16'"):
+        training.TrainConfig(debug=True, mixed_precision="mixed_float16")
 
 
 def test_more_gpus_than_visible_is_a_clear_error():

@@ -73,7 +73,8 @@ class TrainConfig:
         batch_norm_decay: float. Moving-average decay of the head's BatchNorm
             (backbone: 0.95). Defaults to 0.9997.
         debug: bool. Stop at the first op that produces a NaN/inf, naming it
-            (TensorFlow: enable_check_numerics; JAX: jax_debug_nans). Slow.
+            (TensorFlow: enable_check_numerics; JAX: jax_debug_nans). Slow. Not
+            with `mixed_float16`, whose loss scaling overflows on purpose.
             Defaults to `False`.
         num_classes: int. Number of classes to predict. Defaults to 21.
         input_height: int. Training crop height. Defaults to 513.
@@ -190,6 +191,14 @@ class TrainConfig:
                     f"init_checkpoint={self.init_checkpoint!r}, "
                     f"pre_trained_model={self.pre_trained_model!r}"
                 )
+        if self.debug and self.mixed_precision == "mixed_float16":
+            # Loss scaling overflows on purpose (then lowers the scale); --debug stops there.
+            raise ValueError(
+                "Invalid value for argument `debug`. Expected False with float16 loss "
+                "scaling, whose deliberate overflows it would report as the error: use "
+                "--mixed_precision=none or mixed_bfloat16 with --debug. Received: "
+                f"debug={self.debug}, mixed_precision={self.mixed_precision!r}"
+            )
         if self.units_per_block is not None:
             self.units_per_block = tuple(int(n) for n in self.units_per_block)
             if len(self.units_per_block) != 4 or min(self.units_per_block) < 1:
