@@ -7,7 +7,7 @@ the original checkpoints (see `tf_pacseg.layers`).
 
 import keras
 
-from tf_pacseg import constants
+from tf_pacseg import checks, constants
 from tf_pacseg.blocks import ConvBlocks
 
 # Bottleneck units in block1..block4.
@@ -92,16 +92,8 @@ class ResNetBackbone(keras.Model):
         sync_batch_norm=False,
         **kwargs,
     ):
-        if base_architecture not in constants.BASE_ARCHITECTURES:
-            raise ValueError(
-                "Invalid value for argument `base_architecture`. Expected one of "
-                f"{constants.BASE_ARCHITECTURES}. Received: base_architecture={base_architecture!r}"
-            )
-        if output_stride not in constants.OUTPUT_STRIDES:
-            raise ValueError(
-                "Invalid value for argument `output_stride`. Expected 8 or 16. "
-                f"Received: output_stride={output_stride}"
-            )
+        checks.one_of("base_architecture", base_architecture, constants.BASE_ARCHITECTURES)
+        checks.one_of("output_stride", output_stride, constants.OUTPUT_STRIDES)
         units = tuple(units_per_block or UNITS_PER_BLOCK[base_architecture])
         if len(units) != 4 or any(n < 1 for n in units):
             raise ValueError(

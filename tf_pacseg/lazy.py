@@ -3,17 +3,18 @@
 import importlib
 
 
-def lazy_exports(package, exports):
-    """`__getattr__` and `__dir__` for a package whose names load on first use.
+def lazy_exports(package, modules):
+    """`__all__`, `__getattr__` and `__dir__` for a package whose names load on first use.
 
     Args:
         package: str. The package's `__name__`.
-        exports: dict. {public name: module that defines it}.
+        modules: dict. {module: the public names it defines}.
 
     Returns:
-        (`__getattr__`, `__dir__`) to assign in the package's `__init__`.
+        (`__all__`, `__getattr__`, `__dir__`) to assign in the package's `__init__`.
     """
     namespace = importlib.import_module(package).__dict__
+    exports = {name: module for module, names in modules.items() for name in names}
 
     def __getattr__(name):
         if name not in exports:
@@ -25,4 +26,4 @@ def lazy_exports(package, exports):
     def __dir__():
         return sorted(set(namespace) | set(exports))
 
-    return __getattr__, __dir__
+    return sorted(exports), __getattr__, __dir__

@@ -2,7 +2,7 @@
 
 import keras
 
-from tf_pacseg import constants
+from tf_pacseg import checks, constants
 from tf_pacseg.backbones import BACKBONE_BATCH_NORM_DECAY, ResNetBackbone
 from tf_pacseg.blocks import ConvBlocks
 from tf_pacseg.heads import atrous_spatial_pyramid_pooling, pyramid_atrous_convolution
@@ -59,16 +59,8 @@ class PACSegmenter(keras.Model):
         units_per_block=None,
         **kwargs,
     ):
-        if head not in constants.HEADS:
-            raise ValueError(
-                f"Invalid value for argument `head`. Expected one of {constants.HEADS}. "
-                f"Received: head={head!r}"
-            )
-        if num_classes < 1:
-            raise ValueError(
-                "Invalid value for argument `num_classes`. Expected a strictly positive "
-                f"value. Received: num_classes={num_classes}"
-            )
+        checks.one_of("head", head, constants.HEADS)
+        checks.positive_int("num_classes", num_classes)
         backbone = ResNetBackbone(
             base_architecture=base_architecture,
             output_stride=output_stride,

@@ -26,26 +26,26 @@ training.train(training.TrainConfig(data_dir="dataset", model_dir="model", pre_t
 
 from tf_pacseg.lazy import lazy_exports
 
-_EXPORTS = {
-    "TrainConfig": "tf_pacseg.training.config",
-    "TrainResult": "tf_pacseg.training.config",
-    "NonFiniteLossError": "tf_pacseg.training.config",
-    "LOSSES": "tf_pacseg.training.config",
-    "MIXED_PRECISION_POLICIES": "tf_pacseg.training.config",
-    "build_training_model": "tf_pacseg.training.components",
-    "build_optimizer": "tf_pacseg.training.components",
-    "trainable_variables": "tf_pacseg.training.components",
-    "weighted_pixel_count": "tf_pacseg.training.components",
-    "train": "tf_pacseg.training.loop",
-    "create_engine": "tf_pacseg.training.loop",
-    "resolve_pretrained_path": "tf_pacseg.training.pretrained",
-    "load_pretrained": "tf_pacseg.training.pretrained",
-    "load_init_checkpoint": "tf_pacseg.training.initialization",
-    "export_inference_model": "tf_pacseg.training.checkpoints",
-    "TrainStep": "tf_pacseg.training.tf_step",
-    "agree_on_overflow": "tf_pacseg.training.tf_step",
-}
-
-__all__ = sorted(_EXPORTS)
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "tf_pacseg.training.config": (
+            "TrainConfig",
+            "TrainResult",
+            "NonFiniteLossError",
+            "LOSSES",
+            "MIXED_PRECISION_POLICIES",
+        ),
+        "tf_pacseg.training.components": (
+            "build_training_model",
+            "build_optimizer",
+            "trainable_variables",
+            "weighted_pixel_count",
+        ),
+        "tf_pacseg.training.loop": ("train", "create_engine"),
+        "tf_pacseg.training.pretrained": ("resolve_pretrained_path", "load_pretrained"),
+        "tf_pacseg.training.initialization": ("load_init_checkpoint",),
+        "tf_pacseg.training.checkpoints": ("export_inference_model",),
+        "tf_pacseg.training.tf_step": ("TrainStep", "agree_on_overflow"),
+    },
+)

@@ -57,14 +57,11 @@ def build_optimizer(config):
 
 def train_input_arguments(config):
     """The keyword arguments of `input_pipeline.train_dataset` that `config` sets."""
+    shared = ("min_scale", "max_scale", "ignore_label", "shuffle_buffer", "seed")
     return dict(
         crop_size=(config.input_height, config.input_width),
-        min_scale=config.min_scale,
-        max_scale=config.max_scale,
-        ignore_label=config.ignore_label,
-        shuffle_buffer=config.shuffle_buffer,
-        seed=config.seed,
         repeat=True,
+        **{name: getattr(config, name) for name in shared},
     )
 
 
