@@ -13,7 +13,7 @@ endif
 # the JAX engine in subprocesses.
 export KERAS_BACKEND
 
-.PHONY: install test test-fast demo lint bench clean
+.PHONY: install test test-fast demo lint clean
 
 .venv/.installed: setup.py
 	test -x .venv/bin/python || python3 -m venv .venv

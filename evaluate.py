@@ -36,9 +36,11 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "evaluation_data_list", None, "List file of the image ids to evaluate, e.g. val.txt."
 )
-flags.DEFINE_integer("batch_size", 4, "Images per forward pass.")
-flags.DEFINE_integer("input_height", 513, "Images are padded to at least this height.")
-flags.DEFINE_integer("input_width", 513, "Images are padded to at least this width.")
+flags.DEFINE_integer("batch_size", 4, "Images per forward pass.", lower_bound=1)
+flags.DEFINE_integer(
+    "input_height", 513, "Images are padded to at least this height.", lower_bound=1
+)
+flags.DEFINE_integer("input_width", 513, "Images are padded to at least this width.", lower_bound=1)
 flags.DEFINE_integer(
     "num_classes", None, "Number of classes; must match the model's (default: the model's)."
 )

@@ -1,4 +1,4 @@
-"""Converts a checkpoint of the original TF1 code into a Keras weights file.
+r"""Converts a checkpoint of the original TF1 code into a Keras weights file.
 
     python checkpoints/convert_tf1.py --checkpoint=model/model.ckpt-30000 \
         --output_path=checkpoints/resnet_v1_101_pac_bal.weights.h5

@@ -59,3 +59,13 @@ def test_invalid_values_are_named():
         training_flags.config_from_flags(_flag_values("--input_depth=1"))
     with pytest.raises(ValueError, match="output_stride=32"):
         training_flags.config_from_flags(_flag_values("--output_stride=32"))
+
+
+def test_help_lists_every_setting_and_helpfull_the_original_ones_first():
+    values = _flag_values()
+    main_module = values.find_module_defining_flag("batch_size")
+    key_flags = {flag.name for flag in values.get_key_flags_for_module(main_module)}
+    assert key_flags == {field.name for field in dataclasses.fields(TrainConfig)}
+    defined_first = [flag.name for flag in values.get_flags_for_module(main_module)]
+    original = [f.name for f in dataclasses.fields(TrainConfig)][: len(defined_first)]
+    assert sorted(defined_first) == sorted(original)

@@ -4,7 +4,8 @@ Each flag has the field's name and default; its help is the field's entry in
 `TrainConfig`'s `Args:` without the type and the default; fields with a few
 allowed values (`config.CHOICES`) say which. The original's options are
 registered under the main script, so that `--helpfull` lists them first; the
-added ones follow under this module.
+added ones follow under this module, and are key flags of the main script so
+that `--help` lists them as well.
 
 Example:
 
@@ -62,12 +63,11 @@ def define_flags(flag_values=flags.FLAGS):
         kind = _value_type(field)
         default = field.default
         choices = CHOICES.get(field.name)
+        if choices is not None and kind is not str:
+            help_text += f" One of {', '.join(map(str, choices))}."
         if choices is not None and kind is str:
             flags.DEFINE_enum(field.name, default, list(choices), help_text, **common)
-            continue
-        if choices is not None:
-            help_text += f" One of {', '.join(map(str, choices))}."
-        if kind is bool:
+        elif kind is bool:
             flags.DEFINE_boolean(field.name, default, help_text, **common)
         elif kind is int:
             flags.DEFINE_integer(field.name, default, help_text, **common)
@@ -77,6 +77,8 @@ def define_flags(flag_values=flags.FLAGS):
             flags.DEFINE_list(field.name, default, help_text, **common)
         else:
             flags.DEFINE_string(field.name, default, help_text, **common)
+        if module_name != main_module:  # So that --help lists it too.
+            flag_values.register_key_flag_for_module(main_module, flag_values[field.name])
 
 
 def config_from_flags(flag_values=flags.FLAGS):
