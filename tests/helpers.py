@@ -9,6 +9,14 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+# The reduced-depth network that the parity tests write reference checkpoints for.
+TINY_ARCHITECTURE = dict(
+    base_architecture="resnet_v1_50",
+    head="pac",
+    output_stride=16,
+    num_classes=21,
+    units_per_block=(1, 1, 1, 1),
+)
 
 
 def randomize_weights(model, seed=0, residual_scale=1.0):

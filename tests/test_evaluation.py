@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf1_reference
+from helpers import TINY_ARCHITECTURE
 from PIL import Image
 
 from tf_pacseg import constants, evaluation, inference, metrics, records, saving, synthetic
@@ -16,13 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CROP = (65, 65)
 BATCH = 2
 NUM_CLASSES = 21
-ARCHITECTURE = dict(
-    base_architecture="resnet_v1_50",
-    head="pac",
-    output_stride=16,
-    num_classes=NUM_CLASSES,
-    units_per_block=(1, 1, 1, 1),
-)
+ARCHITECTURE = TINY_ARCHITECTURE
 # Top-2 score gaps below this (relative to the score range) may flip between
 # two correct implementations; pixels that close are counted, not compared.
 AMBIGUITY = 1e-4

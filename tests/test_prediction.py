@@ -5,18 +5,13 @@ import sys
 import numpy as np
 import pytest
 import tf1_reference
+from helpers import TINY_ARCHITECTURE
 from PIL import Image
 
 from tf_pacseg import constants, prediction, saving
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARCHITECTURE = dict(
-    base_architecture="resnet_v1_50",
-    head="pac",
-    output_stride=16,
-    num_classes=21,
-    units_per_block=(1, 1, 1, 1),
-)
+ARCHITECTURE = TINY_ARCHITECTURE
 # Inputs: (file name, PIL mode, height, width); odd and even sizes.
 INPUTS = (
     ("rgb.png", "RGB", 45, 61),

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf1_reference
+from helpers import TINY_ARCHITECTURE
 from jax_training import MOMENTUM_PREFIX, STEP_KEY, run_jax_steps
 
 from tf_pacseg import synthetic
@@ -34,13 +35,7 @@ from tf_pacseg.saving import save_model_weights
 from tf_pacseg.tf1_checkpoint import load_tf1_checkpoint, tf1_variable_map
 from tf_pacseg.training import TrainConfig, TrainStep, build_optimizer, build_training_model
 
-ARCHITECTURE = dict(
-    base_architecture="resnet_v1_50",
-    head="pac",
-    output_stride=16,
-    num_classes=21,
-    units_per_block=(1, 1, 1, 1),
-)
+ARCHITECTURE = TINY_ARCHITECTURE
 # A short schedule, so that the learning rate of step 2 differs from step 1's.
 SCHEDULE = dict(max_iter=10)
 BATCH, SIZE, STEPS = 8, 65, 2
