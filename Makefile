@@ -34,7 +34,7 @@ test-fast: install
 	KERAS_BACKEND=tensorflow $(PYTHON) -m pytest -n 2 -m "not slow" tests
 
 demo: install
-	$(PYTHON) -m tf_pacseg.demo --work_dir demo_work --output_dir demo_output
+	$(PYTHON) -m tf_pacseg.cli.demo --work_dir demo_work --output_dir demo_output
 
 lint: install
 	$(PYTHON) -m ruff check .

@@ -11,8 +11,6 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["tf_pacseg", "tf_pacseg.*"]),
-    # The scripts at the top of the repository are thin wrappers around these.
-    py_modules=["train", "evaluate", "predict"],
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "keras>=3.10,<4",
@@ -28,9 +26,11 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "pacseg-train=train:run",
-            "pacseg-evaluate=evaluate:run",
-            "pacseg-predict=predict:run",
+            "pacseg-train=tf_pacseg.cli.train:run",
+            "pacseg-evaluate=tf_pacseg.cli.evaluate:run",
+            "pacseg-predict=tf_pacseg.cli.predict:run",
+            "pacseg-convert-voc=tf_pacseg.cli.convert_voc:run",
+            "pacseg-convert-tf1=tf_pacseg.cli.convert_tf1:run",
         ]
     },
 )

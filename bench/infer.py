@@ -67,7 +67,7 @@ def make_our_forward(images, checkpoint=None):
     import numpy as np
 
     import tf_pacseg
-    from tf_pacseg import tf1_checkpoint
+    from tf_pacseg.weights import tf1_checkpoint
 
     model = tf_pacseg.build_model(
         FLAGS.base_architecture,

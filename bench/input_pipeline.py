@@ -1,7 +1,7 @@
 r"""Training images/s of the tf.data input pipeline, on 1 CPU core and on all of them.
 
 Writes TFRecords of synthetic VOC-like examples (JPEG images and PNG labels
-of about 500x375, `tf_pacseg.synthetic` + `tf_pacseg.records`), then times
+of about 500x375, `tf_pacseg.data.synthetic` + `tf_pacseg.data.records`), then times
 `input_pipeline.train_dataset` (parse, random scale, pad, crop, flip, batch)
 with its threads limited to each core count in turn. The per-core rate tells
 how many CPU cores keep a training step fed: cores needed = images/s the
@@ -41,7 +41,7 @@ def write_records(path, num_images, height, width, seed=0):
     import numpy as np
     import tensorflow as tf
 
-    from tf_pacseg import records, synthetic
+    from tf_pacseg.data import records, synthetic
 
     rng = np.random.default_rng(seed)
     with tf.io.TFRecordWriter(path) as writer:
@@ -61,7 +61,7 @@ def images_per_second(files, cores):
     """Training images/s of the pipeline with `cores` threads (tf.data and the ops in it)."""
     import tensorflow as tf
 
-    from tf_pacseg import input_pipeline
+    from tf_pacseg.data import input_pipeline
 
     dataset = input_pipeline.train_dataset(
         files,

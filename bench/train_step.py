@@ -115,8 +115,7 @@ def make_our_step(config, images, labels):
     else:
         import tensorflow as tf
 
-        from tf_pacseg import distribute
-        from tf_pacseg.training import tf_step
+        from tf_pacseg.training import distribute, tf_step
 
         strategy = distribute.create_strategy(num_gpu=config.num_gpu)
         distribute.check_batch_size(config.batch_size, strategy)

@@ -1,52 +1,6 @@
-r"""Converts a checkpoint of the original TF1 code into a Keras weights file.
+"""Shim for `tf_pacseg.cli.convert_tf1` (see its --help)."""
 
-    python checkpoints/convert_tf1.py --checkpoint=model/model.ckpt-30000 \
-        --output_path=checkpoints/resnet_v1_101_pac_bal.weights.h5
-
-Writes the weights and, beside them, a .json of the architecture read from
-the checkpoint's variable names; evaluate.py and predict.py take either file.
-"""
-
-import os
-import sys
-
-from absl import flags
-
-# Run as a file from a checkout, the repository root is not on the import path.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tf_pacseg import cli  # noqa: E402
-from tf_pacseg.model_flags import (  # noqa: E402
-    architecture_overrides,
-    define_architecture_override_flags,
-)
-
-flags.DEFINE_string(
-    "checkpoint", None, "TF1 checkpoint prefix, or a directory holding a `checkpoint` file."
-)
-flags.DEFINE_string(
-    "output_path", None, "Where to write the Keras weights; must end in .weights.h5."
-)
-define_architecture_override_flags()
-flags.mark_flags_as_required(["checkpoint", "output_path"])
-FLAGS = flags.FLAGS
-
-
-def main():
-    from tf_pacseg.saving import convert_tf1_checkpoint
-    from tf_pacseg.tf1_checkpoint import CheckpointMismatchError
-
-    try:
-        model, report = convert_tf1_checkpoint(
-            FLAGS.checkpoint,
-            FLAGS.output_path,
-            **architecture_overrides(),
-        )
-    except (FileNotFoundError, ValueError, CheckpointMismatchError) as error:
-        sys.exit(f"convert_tf1.py: {error}")
-    print(report.summary())
-    print(f"architecture: {model.architecture()}")
-    print(f"wrote {FLAGS.output_path} ({model.count_params():,} parameters)")
-
+from tf_pacseg.cli.convert_tf1 import run
 
 if __name__ == "__main__":
-    cli.run(main)
+    run()

@@ -69,7 +69,7 @@ def run_python(script, args, backend, timeout=300):
 
 def make_records(root, num_train=8, num_val=2):
     """A small synthetic VOC set converted to 2 shards per split; returns the records folder."""
-    from tf_pacseg import synthetic, voc
+    from tf_pacseg.data import synthetic, voc
 
     voc_dir, records = os.path.join(root, "voc"), os.path.join(root, "records")
     synthetic.make_synthetic_voc(

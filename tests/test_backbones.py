@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import randomize_weights
 
-from tf_pacseg.backbones import UNITS_PER_BLOCK, ResNetBackbone, unit_strides_and_rates
+from tf_pacseg.model.backbones import UNITS_PER_BLOCK, ResNetBackbone, unit_strides_and_rates
 
 ARCHITECTURES = ("resnet_v1_50", "resnet_v2_50")
 

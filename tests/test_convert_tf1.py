@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tf1_reference
 
-from tf_pacseg.saving import convert_tf1_checkpoint, load_model
+from tf_pacseg.weights.saving import convert_tf1_checkpoint, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "checkpoints" / "convert_tf1.py"

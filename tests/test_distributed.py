@@ -63,7 +63,7 @@ def _compare_one_and_two_replicas(case):
     """
     import numpy as np
 
-    from tf_pacseg import distribute
+    from tf_pacseg.training import distribute
 
     distribute.configure_logical_cpus(2)
     import keras
@@ -124,7 +124,7 @@ def _compare_one_and_two_replicas(case):
 
 def _overflow_on_one_replica():
     """`agree_on_overflow` with an inf on the second of two replicas only."""
-    from tf_pacseg import distribute
+    from tf_pacseg.training import distribute
 
     distribute.configure_logical_cpus(2)
     import tensorflow as tf

@@ -11,7 +11,10 @@ import tf1_reference
 from helpers import TINY_ARCHITECTURE
 from PIL import Image
 
-from tf_pacseg import constants, evaluation, inference, metrics, records, saving, synthetic
+from tf_pacseg import constants
+from tf_pacseg.data import records, synthetic
+from tf_pacseg.inference import evaluation, forward, metrics
+from tf_pacseg.weights import saving
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CROP = (65, 65)
@@ -110,7 +113,7 @@ def reference(checkpoint, padded):
 
 
 def _logits(model, image):
-    return inference.forward_fn(model)(image[None])[0].numpy()
+    return forward.forward_fn(model)(image[None])[0].numpy()
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +264,7 @@ def test_flipped_multi_scale_averaging_matches_manual_computation(model, voc, pa
             scaled = _resize(image[None], scaled_size)
             for flip in (False, True):
                 x = scaled[:, :, ::-1] if flip else scaled
-                logits = inference.forward_fn(model)(np.ascontiguousarray(x)).numpy()
+                logits = forward.forward_fn(model)(np.ascontiguousarray(x)).numpy()
                 logits = logits[:, :, ::-1] if flip else logits
                 total = total + tf.nn.softmax(_resize(logits, size)).numpy()
         probabilities.append(total[0] / 4)
@@ -270,8 +273,8 @@ def test_flipped_multi_scale_averaging_matches_manual_computation(model, voc, pa
 
 
 def test_scaled_size_keeps_corners_aligned():
-    assert inference.scaled_size((513, 65), 0.5) == (257, 33)
-    assert inference.scaled_size(513, 1.75) == 897
+    assert forward.scaled_size((513, 65), 0.5) == (257, 33)
+    assert forward.scaled_size(513, 1.75) == 897
 
 
 @pytest.fixture

@@ -11,8 +11,10 @@ import pytest
 from helpers import REPO, randomize_weights
 from PIL import Image
 
-from tf_pacseg import build_model, evaluation, inference, prediction, synthetic
-from tf_pacseg.saving import save_model_weights
+from tf_pacseg import build_model
+from tf_pacseg.data import synthetic
+from tf_pacseg.inference import evaluation, forward, prediction
+from tf_pacseg.weights.saving import save_model_weights
 
 NUM_CLASSES = 6  # Synthetic labels use classes 1..4; 5 stands in for an ignore label.
 CROP = (49, 49)
@@ -34,15 +36,15 @@ def model():
 def test_single_scale_scores_are_the_models_logits(model):
     images = np.random.default_rng(0).uniform(0, 255, (2, 37, 45, 3)).astype(np.float32)
     expected = np.asarray(model(images, training=False))
-    np.testing.assert_allclose(np.asarray(inference.scores(model, images)), expected, atol=1e-5)
-    labels = np.asarray(inference.predict_labels(model, images))
+    np.testing.assert_allclose(np.asarray(forward.scores(model, images)), expected, atol=1e-5)
+    labels = np.asarray(forward.predict_labels(model, images))
     np.testing.assert_array_equal(labels, expected.argmax(-1))
 
 
 def test_repeated_scale_averages_probabilities_to_the_same_prediction(model):
     images = np.random.default_rng(1).uniform(0, 255, (1, 29, 31, 3)).astype(np.float32)
-    logits = np.asarray(inference.scores(model, images))
-    averaged = np.asarray(inference.scores(model, images, eval_scales=(1.0, 1.0)))
+    logits = np.asarray(forward.scores(model, images))
+    averaged = np.asarray(forward.scores(model, images, eval_scales=(1.0, 1.0)))
     probabilities = np.exp(logits - logits.max(-1, keepdims=True))
     probabilities /= probabilities.sum(-1, keepdims=True)
     np.testing.assert_allclose(averaged, probabilities, atol=1e-5)
@@ -50,17 +52,17 @@ def test_repeated_scale_averages_probabilities_to_the_same_prediction(model):
 
 def test_forward_pass_is_compiled_once_per_model_and_released_with_it():
     model = _tiny_model(seed=2)
-    forward = inference.forward_fn(model)
-    assert inference.forward_fn(model) is forward
-    count = len(inference._FORWARD_CACHE)
-    del model, forward
+    compiled = forward.forward_fn(model)
+    assert forward.forward_fn(model) is compiled
+    count = len(forward._FORWARD_CACHE)
+    del model, compiled
     gc.collect()
-    assert len(inference._FORWARD_CACHE) == count - 1
+    assert len(forward._FORWARD_CACHE) == count - 1
 
 
 def test_scores_reject_bad_scales(model):
     with pytest.raises(ValueError, match=r"Received: eval_scales=\(0\.5, 0\)"):
-        inference.scores(model, np.zeros((1, 9, 9, 3), np.float32), eval_scales=(0.5, 0))
+        forward.scores(model, np.zeros((1, 9, 9, 3), np.float32), eval_scales=(0.5, 0))
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ import tf1_reference
 from helpers import make_records, randomize_weights
 from training_runs import tiny_config
 
-from tf_pacseg import saving, tf1_checkpoint, training
+from tf_pacseg import training
 from tf_pacseg.training import initialization
+from tf_pacseg.weights import saving, tf1_checkpoint
 
 TINY = dict(base_architecture="resnet_v1_50", units_per_block=(1, 1, 1, 1))
 
@@ -110,7 +111,7 @@ def test_init_checkpoint_excludes_pre_trained_model_but_drops_its_default():
 def test_the_flag_reaches_the_config():
     from absl import flags
 
-    from tf_pacseg.training import flags as training_flags
+    from tf_pacseg.cli import train_flags as training_flags
 
     values = flags.FlagValues()
     training_flags.define_flags(values)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_pacseg import constants, input_pipeline, records
+from tf_pacseg import constants
+from tf_pacseg.data import input_pipeline, records
 
 MEAN = np.float32(constants.MEAN_RGB)
 IGNORE = constants.IGNORE_LABEL

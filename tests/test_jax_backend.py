@@ -12,18 +12,18 @@ import pytest
 from helpers import randomize_weights
 
 from tf_pacseg import build_model
-from tf_pacseg.saving import save_model_weights
+from tf_pacseg.weights.saving import save_model_weights
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Runs under KERAS_BACKEND=jax; imports only the model module (no tf_pacseg.saving,
+# Runs under KERAS_BACKEND=jax; imports only the model module (no tf_pacseg.weights.saving,
 # which reads TF1 checkpoints and so imports TensorFlow).
 JAX_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import numpy as np
     import keras
-    from tf_pacseg.model import build_model
+    from tf_pacseg.model.segmenter import build_model
 
     weights, images, output = sys.argv[1:]
     with open(weights[: -len(".weights.h5")] + ".json", encoding="utf-8") as f:

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 from helpers import run_python
 
-from tf_pacseg.blocks import ConvBlocks
-from tf_pacseg.layers import BATCH_NORM_EPSILON, AtrousConv2D, BatchNorm, PyramidAtrousConv
+from tf_pacseg.model.blocks import ConvBlocks
+from tf_pacseg.model.layers import BATCH_NORM_EPSILON, AtrousConv2D, BatchNorm, PyramidAtrousConv
 
 
 def _conv_block_model(in_channels, filters, kernel_size, stride=1, rate=1, **kwargs):
@@ -216,7 +216,7 @@ _BATCH_NORM_SCRIPT = textwrap.dedent(
     import json, sys
     import numpy as np
     import keras
-    from tf_pacseg.layers import BatchNorm
+    from tf_pacseg.model.layers import BatchNorm
 
     cases, output = json.loads(sys.argv[1]), sys.argv[2]
     data = np.load(sys.argv[3])
@@ -356,11 +356,11 @@ _DISTRIBUTED_BATCH_NORM_SCRIPT = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from tf_pacseg import distribute
+    from tf_pacseg.training import distribute
 
     distribute.configure_logical_cpus(2)
     import tensorflow as tf
-    from tf_pacseg.layers import BatchNorm
+    from tf_pacseg.model.layers import BatchNorm
 
     data = np.load(sys.argv[1])
     halves = [data["x"][:3], data["x"][3:]]

@@ -1,4 +1,4 @@
-"""Tests of tf_pacseg.losses against an independent TF1-graph reference of BAL."""
+"""Tests of tf_pacseg.model.losses against an independent TF1-graph reference of BAL."""
 
 import json
 import textwrap
@@ -11,7 +11,7 @@ import tensorflow as tf
 import tf1_losses
 from helpers import run_python
 
-from tf_pacseg.losses import (
+from tf_pacseg.model.losses import (
     BoundaryAwareLoss,
     boundary_aware_loss,
     boundary_aware_weights,
@@ -237,7 +237,11 @@ _JAX_SCRIPT = textwrap.dedent(
     import jax
     import keras
     import numpy as np
-    from tf_pacseg.losses import BoundaryAwareLoss, boundary_aware_loss, boundary_aware_weights
+    from tf_pacseg.model.losses import (
+        BoundaryAwareLoss,
+        boundary_aware_loss,
+        boundary_aware_weights,
+    )
 
     assert keras.backend.backend() == "jax"
     data = np.load(sys.argv[1])
@@ -282,7 +286,7 @@ _MIRRORED_SCRIPT = textwrap.dedent(
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2
     )
-    from tf_pacseg.losses import BoundaryAwareLoss, boundary_aware_loss
+    from tf_pacseg.model.losses import BoundaryAwareLoss, boundary_aware_loss
 
     data = np.load(sys.argv[1])
     labels, logits = data["labels"], data["logits"]

@@ -1,4 +1,4 @@
-"""Tests of tf_pacseg.metrics against NumPy references."""
+"""Tests of tf_pacseg.inference.metrics against NumPy references."""
 
 import json
 import textwrap
@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from helpers import run_python
 
-from tf_pacseg.metrics import (
+from tf_pacseg.inference.metrics import (
     ConfusionMatrix,
     confusion_matrix,
     mean_iou,
@@ -166,7 +166,7 @@ _MIRRORED_SCRIPT = textwrap.dedent(
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2
     )
-    from tf_pacseg.metrics import ConfusionMatrix
+    from tf_pacseg.inference.metrics import ConfusionMatrix
 
     data = np.load(sys.argv[1])
     labels, predictions = data["labels"], data["predictions"]
@@ -213,7 +213,7 @@ _JAX_SCRIPT = textwrap.dedent(
     import jax
     import keras
     import numpy as np
-    from tf_pacseg.metrics import ConfusionMatrix, confusion_matrix
+    from tf_pacseg.inference.metrics import ConfusionMatrix, confusion_matrix
 
     assert keras.backend.backend() == "jax"
     data = np.load(sys.argv[1])

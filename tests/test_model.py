@@ -12,7 +12,7 @@ from helpers import randomize_weights
 
 import tf_pacseg
 from tf_pacseg import PACSegmenter, build_model
-from tf_pacseg.saving import load_model, save_model_weights
+from tf_pacseg.weights.saving import load_model, save_model_weights
 
 TINY = (1, 1, 1, 1)
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_pacseg.optimizers import PolyDecay, TF1Momentum
+from tf_pacseg.training.optimizers import PolyDecay, TF1Momentum
 
 v1 = tf.compat.v1
 

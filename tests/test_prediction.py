@@ -8,7 +8,9 @@ import tf1_reference
 from helpers import TINY_ARCHITECTURE
 from PIL import Image
 
-from tf_pacseg import constants, prediction, saving
+from tf_pacseg import constants
+from tf_pacseg.inference import prediction
+from tf_pacseg.weights import saving
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHITECTURE = TINY_ARCHITECTURE

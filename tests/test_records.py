@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tf_pacseg import constants, records
+from tf_pacseg import constants
+from tf_pacseg.data import records
 
 
 def _sample(seed, height=23, width=31):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_pacseg.layers import ResizeLike
-from tf_pacseg.resize import resize_bilinear
+from tf_pacseg.model.layers import ResizeLike
+from tf_pacseg.model.resize import resize_bilinear
 
 # (height, width) grids: 1x1, odd and even, square and not, up and down.
 SIZES = [(1, 1), (2, 3), (4, 4), (5, 5), (7, 6), (9, 12), (17, 17), (33, 20)]

@@ -1,4 +1,4 @@
-"""What `tf_pacseg.summaries` writes, read back from the event files."""
+"""What `tf_pacseg.training.summaries` writes, read back from the event files."""
 
 import glob
 import io
@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tf_pacseg import constants, summaries
+from tf_pacseg import constants
+from tf_pacseg.training import summaries
 
 
 def _write(tmp_path, write):

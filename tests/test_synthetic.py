@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tf_pacseg import constants, synthetic
+from tf_pacseg import constants
+from tf_pacseg.data import synthetic
 
 
 def _read(root, folder, sample_id, extension):

@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf1_reference
 
 from tf_pacseg import build_model
-from tf_pacseg.tf1_checkpoint import (
+from tf_pacseg.weights.tf1_checkpoint import (
     CheckpointMismatchError,
     load_tf1_checkpoint,
     read_architecture,

@@ -140,7 +140,7 @@ def _resumable_run_flags(records, model_dir, save_checkpoints_steps):
 
 def _assert_resumed_on_schedule(log, first_step, last_step):
     """Progress lines from `first_step` to `last_step`, each at its poly learning rate."""
-    from tf_pacseg.optimizers import PolyDecay
+    from tf_pacseg.training.optimizers import PolyDecay
 
     steps = [(int(m.group(1)), float(m.group(3))) for m in _PROGRESS.finditer(log)]
     assert steps[0][0] == first_step and steps[-1][0] == last_step
@@ -154,7 +154,7 @@ def _assert_outputs_at_step(model_dir, step, tolerance):
     """model.weights.h5 of `step` loads (on TensorFlow) and the export gives its logits."""
     import tensorflow as tf
 
-    from tf_pacseg import saving
+    from tf_pacseg.weights import saving
 
     model = saving.load_model(model_dir)  # What evaluate.py/predict.py read.
     assert (
@@ -218,7 +218,7 @@ def test_sigterm_saves_then_a_restart_resumes_and_finishes(records, tmp_path):
 def test_clean_model_dir_starts_over_and_a_nan_stops_keeping_the_last_checkpoint(records, tmp_path):
     import tensorflow as tf
 
-    from tf_pacseg import saving
+    from tf_pacseg.weights import saving
 
     model_dir = str(tmp_path / "model")
     # A previous run's leftovers, which would not even restore into this model.

@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_pacseg import distribute, losses, saving, summaries, training
-from tf_pacseg.optimizers import PolyDecay
+from tf_pacseg import training
+from tf_pacseg.model import losses
+from tf_pacseg.training import distribute, summaries
+from tf_pacseg.training.optimizers import PolyDecay
+from tf_pacseg.weights import saving
 
 TINY = dict(base_architecture="resnet_v1_50", units_per_block=(1, 1, 1, 1), num_classes=5)
 CROP = 33
@@ -159,7 +162,7 @@ def test_pretrained_keras_weights_load_the_backbone_only(tmp_path):
 
 
 def test_pretrained_tf1_checkpoint_loads_the_backbone(tmp_path):
-    from tf_pacseg import tf1_checkpoint
+    from tf_pacseg.weights import tf1_checkpoint
 
     source = training.build_training_model(training.TrainConfig(**TINY))
     names = tf1_checkpoint.tf1_variable_map(source, backbone_only=True)

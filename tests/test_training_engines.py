@@ -22,8 +22,8 @@ import tensorflow as tf
 from helpers import randomize_weights
 from jax_training import MOMENTUM_PREFIX, STEP_KEY, run_jax_steps
 
-from tf_pacseg.saving import save_model_weights
 from tf_pacseg.training import TrainConfig, TrainStep, build_optimizer, build_training_model
+from tf_pacseg.weights.saving import save_model_weights
 
 CONFIG = dict(
     base_architecture="resnet_v1_50",

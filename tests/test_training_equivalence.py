@@ -30,10 +30,10 @@ import tf1_reference
 from helpers import TINY_ARCHITECTURE
 from jax_training import MOMENTUM_PREFIX, STEP_KEY, run_jax_steps
 
-from tf_pacseg import synthetic
-from tf_pacseg.saving import save_model_weights
-from tf_pacseg.tf1_checkpoint import load_tf1_checkpoint, tf1_variable_map
+from tf_pacseg.data import synthetic
 from tf_pacseg.training import TrainConfig, TrainStep, build_optimizer, build_training_model
+from tf_pacseg.weights.saving import save_model_weights
+from tf_pacseg.weights.tf1_checkpoint import load_tf1_checkpoint, tf1_variable_map
 
 ARCHITECTURE = TINY_ARCHITECTURE
 # A short schedule, so that the learning rate of step 2 differs from step 1's.

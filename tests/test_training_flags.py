@@ -6,8 +6,8 @@ import pytest
 from absl import flags
 
 from tf_pacseg import constants
+from tf_pacseg.cli import train_flags as training_flags
 from tf_pacseg.training import TrainConfig
-from tf_pacseg.training import flags as training_flags
 
 
 def _flag_values(*argv):

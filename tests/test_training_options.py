@@ -11,7 +11,8 @@ import tensorflow as tf
 from helpers import make_records
 from training_runs import Recorder, tiny_config, train_watched
 
-from tf_pacseg import input_pipeline, records, training
+from tf_pacseg import training
+from tf_pacseg.data import input_pipeline, records
 from tf_pacseg.training import components
 
 NUM_STEPS = 6

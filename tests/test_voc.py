@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tf_pacseg import constants, records, synthetic, voc
+from tf_pacseg import constants
+from tf_pacseg.data import records, synthetic, voc
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _LABEL_DIRS = ("SegmentationClassAug", "SegmentationClass")

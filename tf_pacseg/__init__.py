@@ -10,13 +10,17 @@ from tf_pacseg.lazy import lazy_exports
 __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "tf_pacseg.model": ("PACSegmenter", "build_model"),
-        "tf_pacseg.tf1_checkpoint": (
+        "tf_pacseg.model.segmenter": ("PACSegmenter", "build_model"),
+        "tf_pacseg.weights.tf1_checkpoint": (
             "load_tf1_checkpoint",
             "read_architecture",
             "CheckpointMismatchError",
         ),
-        "tf_pacseg.saving": ("load_model", "save_model_weights"),
-        "tf_pacseg.losses": ("boundary_aware_weights", "boundary_aware_loss", "BoundaryAwareLoss"),
+        "tf_pacseg.weights.saving": ("load_model", "save_model_weights"),
+        "tf_pacseg.model.losses": (
+            "boundary_aware_weights",
+            "boundary_aware_loss",
+            "BoundaryAwareLoss",
+        ),
     },
 )

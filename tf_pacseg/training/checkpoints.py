@@ -17,9 +17,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tf_pacseg import distribute, saving
 from tf_pacseg.files import atomic_write
+from tf_pacseg.training import distribute
 from tf_pacseg.training.config import NonFiniteLossError
+from tf_pacseg.weights import saving
 
 CHECKPOINT_NAME = "ckpt"
 

@@ -17,9 +17,11 @@ Written once in `keras.ops` (no TensorFlow import), so the TensorFlow step
 import keras
 from keras import ops
 
-from tf_pacseg import constants, losses, metrics
-from tf_pacseg.model import build_model
-from tf_pacseg.optimizers import PolyDecay, TF1Momentum
+from tf_pacseg import constants
+from tf_pacseg.inference import metrics
+from tf_pacseg.model import losses
+from tf_pacseg.model.segmenter import build_model
+from tf_pacseg.training.optimizers import PolyDecay, TF1Momentum
 
 # Variables the original leaves untrained when fine-tuning BatchNorm.
 _BATCH_NORM_PARAMETERS = ("gamma", "beta")

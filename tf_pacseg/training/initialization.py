@@ -6,9 +6,9 @@ A run resuming from its model_dir ignores both.
 
 import numpy as np
 
-from tf_pacseg import saving, tf1_checkpoint
-from tf_pacseg.backbones import UNITS_PER_BLOCK
+from tf_pacseg.model.backbones import UNITS_PER_BLOCK
 from tf_pacseg.training.pretrained import load_pretrained, missing_pretrained, pretrained_exists
+from tf_pacseg.weights import saving, tf1_checkpoint
 
 # The decoder's 1x1 conv: the only variable whose shape depends on num_classes.
 CLASSIFIER = "network/conv2d/weights"

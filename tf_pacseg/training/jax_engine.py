@@ -21,7 +21,7 @@ import tensorflow as tf
 from absl import logging
 from jax.experimental import multihost_utils
 
-from tf_pacseg import input_pipeline
+from tf_pacseg.data import input_pipeline
 from tf_pacseg.training import checkpoints, components, jax_step
 
 _COORDINATOR = "JAX_COORDINATOR_ADDRESS"

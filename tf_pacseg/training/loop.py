@@ -30,8 +30,9 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from tf_pacseg import evaluation, metrics, records, summaries
-from tf_pacseg.training import checkpoints
+from tf_pacseg.data import records
+from tf_pacseg.inference import evaluation, metrics
+from tf_pacseg.training import checkpoints, summaries
 from tf_pacseg.training.config import NonFiniteLossError, TrainResult
 from tf_pacseg.training.debug import nonfinite_op_error
 from tf_pacseg.training.initialization import check_sources, initialize
@@ -351,7 +352,7 @@ def create_engine(config, strategy=None):
             f"Training runs on the tensorflow or jax Keras backend. Received: {backend!r} "
             "(set KERAS_BACKEND)."
         )
-    from tf_pacseg import distribute
+    from tf_pacseg.training import distribute
     from tf_pacseg.training.tf_step import TFEngine
 
     if strategy is None:

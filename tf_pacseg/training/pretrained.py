@@ -1,6 +1,6 @@
 """Backbone initialisation of a fresh run: a TF1 ImageNet checkpoint or Keras weights."""
 
-from tf_pacseg import saving, tf1_checkpoint
+from tf_pacseg.weights import saving, tf1_checkpoint
 
 
 def resolve_pretrained_path(path, base_architecture):

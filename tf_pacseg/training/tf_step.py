@@ -15,8 +15,8 @@ own copy of the moving statistics and checkpoints keep the first replica's
 import keras
 import tensorflow as tf
 
-from tf_pacseg import distribute, input_pipeline
-from tf_pacseg.training import checkpoints, components
+from tf_pacseg.data import input_pipeline
+from tf_pacseg.training import checkpoints, components, distribute
 from tf_pacseg.training.config import LOSSES
 
 

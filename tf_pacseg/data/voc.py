@@ -403,7 +403,7 @@ def load_samples(tasks, executor=None):
 
 
 def _shard_paths(output_path, split, num_shards):
-    from tf_pacseg import records  # Imports TensorFlow; see the note at the top.
+    from tf_pacseg.data import records  # Imports TensorFlow; see the note at the top.
 
     return [
         os.path.join(output_path, records.shard_file_name(split, i, num_shards))
@@ -463,7 +463,7 @@ def convert_split(
     import keras  # Imports TensorFlow; see the note at the top.
     import tensorflow as tf
 
-    from tf_pacseg import records
+    from tf_pacseg.data import records
 
     if not isinstance(num_shards, int) or num_shards < 1:
         raise ValueError(

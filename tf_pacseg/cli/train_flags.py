@@ -11,7 +11,7 @@ Example:
 
 ```python
 from absl import flags
-from tf_pacseg.training import flags as training_flags
+from tf_pacseg.cli import train_flags as training_flags
 
 training_flags.define_flags()
 ...

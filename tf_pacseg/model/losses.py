@@ -15,7 +15,7 @@ import numpy as np
 from keras import ops
 
 from tf_pacseg.constants import IGNORE_LABEL, NUM_CLASSES
-from tf_pacseg.resize import resize_bilinear
+from tf_pacseg.model.resize import resize_bilinear
 
 # The original's `gaussian_kernel(17, 17, sigma=3)`: a 35×35 kernel
 # exp(-(x²/51 + y²/51)) (its divisor is size·sigma, not 2·sigma²).

@@ -1,4 +1,4 @@
-"""What every entry script shares: quiet TensorFlow start-up, and `run(main)`.
+"""The command-line entry points, and what they share: quiet TensorFlow start-up, and `run(main)`.
 
 TensorFlow prints C++ start-up lines (the oneDNN notice, CUDA and CPU-feature
 probes, and on a machine without a GPU a failed `cuInit` logged as an error).
@@ -12,16 +12,9 @@ exceptions. To see the lines, pass absl's `--verbosity=0` (or higher), or set
 `--verbosity`). `TF_ENABLE_ONEDNN_OPTS` itself is left alone: it
 changes numerics, not logging.
 
-So every script starts the same way. Scripts at the root of a checkout find
-the package beside them; scripts in its subfolders (`data/`, `checkpoints/`,
-`bench/`) first put the root on the import path with this same line:
-
-```python
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tf_pacseg import cli  # noqa: E402
-```
-
-and all end with `cli.run(main)`, `main` taking no arguments. TensorFlow must
+Every entry point (`tf_pacseg.cli.train`, `.evaluate`, `.predict`,
+`.convert_voc`, `.convert_tf1`, `.make_synthetic_voc`, `.demo`) ends with
+`cli.run(main)`, `main` taking no arguments. TensorFlow must
 only be imported inside `main` (or by what it calls), so that `--verbosity`
 can still take effect.
 """
@@ -87,4 +80,7 @@ def run(main, uses_tensorflow=True):
                 import tensorflow  # noqa: F401
         return main()
 
+    # absl's --help prints `__main__`'s docstring: a shim's or a console script's
+    # wrapper; the entry point's own says what the command does.
+    sys.modules["__main__"].__doc__ = sys.modules[main.__module__].__doc__
     app.run(checked_main)

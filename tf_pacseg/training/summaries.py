@@ -15,9 +15,11 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from tf_pacseg import constants, losses
+from tf_pacseg import constants
 
 # Images of a batch drawn into each picture summary.
+from tf_pacseg.model import losses
+
 MAX_IMAGES = 2
 
 

@@ -3,7 +3,7 @@
 Handles the released Estimator checkpoint (every network variable plus
 `global_step` and `.../Momentum` slots) and DeepLab's ImageNet backbones
 (`resnet_v1_101_beta`: backbone plus `<arch>/logits`). Variable names map to
-layers by the convention of `tf_pacseg.layers`: layer `a.b.conv1` holds TF1's
+layers by the convention of `tf_pacseg.model.layers`: layer `a.b.conv1` holds TF1's
 `a/b/conv1/...` (docs/design.md §2).
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_pacseg import constants
-from tf_pacseg.backbones import UNITS_PER_BLOCK
+from tf_pacseg.model.backbones import UNITS_PER_BLOCK
 
 # Keras weight name -> TF1-slim variable name.
 _TF1_WEIGHT_NAMES = {

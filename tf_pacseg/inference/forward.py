@@ -25,7 +25,7 @@ import numpy as np
 from keras import ops
 
 from tf_pacseg import checks
-from tf_pacseg.resize import resize_bilinear
+from tf_pacseg.model.resize import resize_bilinear
 
 # Compiled forward passes per model, kept while the model lives: evaluating
 # the same model again (e.g. after each training epoch) does not retrace.

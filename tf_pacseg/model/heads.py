@@ -6,7 +6,7 @@ conv is followed by BatchNorm and ReLU and has no bias.
 
 import keras
 
-from tf_pacseg.layers import PyramidAtrousConv, ResizeLike
+from tf_pacseg.model.layers import PyramidAtrousConv, ResizeLike
 
 HEAD_DEPTH = 256
 PAC_RATES = (1, 3, 5, 7, 9)
@@ -25,7 +25,7 @@ def pyramid_atrous_convolution(features, conv):
 
     Args:
         features: backbone output (batch, height, width, 2048).
-        conv: `tf_pacseg.blocks.ConvBlocks` with the head's settings.
+        conv: `tf_pacseg.model.blocks.ConvBlocks` with the head's settings.
     """
     scope = "network.feature_extraction"
     branches = [conv(features, HEAD_DEPTH, 1, f"{scope}.conv2d")]

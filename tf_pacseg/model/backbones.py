@@ -2,13 +2,13 @@
 
 Reference: "Rethinking Atrous Convolution for Semantic Image Segmentation"
 (https://arxiv.org/abs/1706.05587). Layer names follow the TF1-slim scopes of
-the original checkpoints (see `tf_pacseg.layers`).
+the original checkpoints (see `tf_pacseg.model.layers`).
 """
 
 import keras
 
 from tf_pacseg import checks, constants
-from tf_pacseg.blocks import ConvBlocks
+from tf_pacseg.model.blocks import ConvBlocks
 
 # Bottleneck units in block1..block4.
 UNITS_PER_BLOCK = {

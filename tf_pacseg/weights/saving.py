@@ -8,9 +8,9 @@ as `model.weights.h5` / `model.json` in its model_dir.
 import json
 import os
 
-from tf_pacseg import tf1_checkpoint
 from tf_pacseg.files import atomic_write
-from tf_pacseg.model import build_model
+from tf_pacseg.model.segmenter import build_model
+from tf_pacseg.weights import tf1_checkpoint
 
 WEIGHTS_SUFFIX = ".weights.h5"
 MODEL_STEM = "model"

@@ -8,10 +8,10 @@ way to TFRecords and to image/label folders (docs/design.md §5, §7):
    scaled or cropped. Images larger than the crop keep their size.
 2. The model runs on the padded image (so the padding is part of what the
    image-pooling branch sees, as in the original) and predicts the argmax of
-   its scores (`tf_pacseg.inference`).
+   its scores (`tf_pacseg.inference.forward`).
 3. The confusion matrix counts every pixel whose label is not the ignore
    label (255 unless `ignore_label` says otherwise), which leaves the padding
-   out; mIoU and pixel accuracy follow (`tf_pacseg.metrics`).
+   out; mIoU and pixel accuracy follow (`tf_pacseg.inference.metrics`).
 
 Images are taken `batch_size` at a time, in list/record order, and a batch
 only holds images of one padded size (split otherwise; with VOC's images of
@@ -23,7 +23,7 @@ folders go through the same parsing, checks, padding and batching
 matrix by construction.
 
 Optionally (DeepLab's multi-scale evaluation), the scores are averaged over
-resized and/or flipped copies of each image (`inference.scores`).
+resized and/or flipped copies of each image (`forward.scores`).
 
 Example:
 
@@ -45,8 +45,10 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from tf_pacseg import checks, constants, inference, input_pipeline, metrics, records, voc
+from tf_pacseg import checks, constants
+from tf_pacseg.data import input_pipeline, records, voc
 from tf_pacseg.files import atomic_write
+from tf_pacseg.inference import forward, metrics
 
 DEFAULT_CROP_SIZE = (513, 513)
 DEFAULT_BATCH_SIZE = 4
@@ -318,7 +320,7 @@ def evaluate(
     )
     done, start = 0, time.perf_counter()
     for images, labels in _batches(source, batch_size, crop_size, model_classes, ignore_label):
-        predictions = inference.predict_labels(model, images, scales, add_flipped_images)
+        predictions = forward.predict_labels(model, images, scales, add_flipped_images)
         confusion = metrics.confusion_matrix(labels, predictions, model_classes, ignore_label)
         total += ops.convert_to_numpy(confusion)
         done += len(images)

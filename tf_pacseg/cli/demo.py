@@ -1,8 +1,8 @@
 """The whole job on the embedded synthetic dataset, in a few minutes on a CPU.
 
-    python -m tf_pacseg.demo --work_dir=demo_work --output_dir=demo_output
+    python -m tf_pacseg.cli.demo --work_dir=demo_work --output_dir=demo_output
 
-    KERAS_BACKEND=jax python -m tf_pacseg.demo ...   # the JAX engine
+    KERAS_BACKEND=jax python -m tf_pacseg.cli.demo ...   # the JAX engine
 
 Writes a synthetic VOC-format folder, converts it to TFRecords, trains a
 reduced-depth ResNet-50 v1 + PAC + BAL through the same training loop as
@@ -53,7 +53,10 @@ _TRAIN_SETTINGS = dict(
 
 
 def main():
-    from tf_pacseg import evaluation, prediction, saving, synthetic, training, voc
+    from tf_pacseg import training
+    from tf_pacseg.data import synthetic, voc
+    from tf_pacseg.inference import evaluation, prediction
+    from tf_pacseg.weights import saving
 
     started = time.time()
     voc_dir = os.path.join(FLAGS.work_dir, "voc")
@@ -105,5 +108,10 @@ def main():
         raise SystemExit(f"demo: val mIoU {result['miou']:.4f} is below {FLAGS.min_miou}.")
 
 
-if __name__ == "__main__":
+def run():
+    """Runs the command (console scripts and the shims call this)."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

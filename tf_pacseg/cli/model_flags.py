@@ -47,6 +47,6 @@ def architecture_overrides():
 
 
 def load_model_from_flags():
-    from tf_pacseg import saving
+    from tf_pacseg.weights import saving
 
     return saving.load_model(flags.FLAGS.model_dir, **architecture_overrides())

@@ -20,9 +20,11 @@ labels as int32 class indices with `IGNORE_LABEL` for pixels to skip.
 
 import tensorflow as tf
 
-from tf_pacseg import checks, constants, records
+from tf_pacseg import checks, constants
 
 # Record files read at once by the training interleave. Fixed rather than
+from tf_pacseg.data import records
+
 # AUTOTUNE so that a seeded pipeline gives the same order on any machine.
 _MAX_CYCLE_LENGTH = 8
 

@@ -8,7 +8,7 @@ name alone: layer `a.b.conv2` with weight `kernel` is TF1's `a/b/conv2/weights`.
 import keras
 from keras import ops
 
-from tf_pacseg.resize import resize_bilinear
+from tf_pacseg.model.resize import resize_bilinear
 
 # The released weights were trained with these; Keras' default epsilon differs.
 BATCH_NORM_EPSILON = 1e-5

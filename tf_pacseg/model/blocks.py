@@ -2,7 +2,7 @@
 
 import keras
 
-from tf_pacseg.layers import AtrousConv2D, BatchNorm
+from tf_pacseg.model.layers import AtrousConv2D, BatchNorm
 
 
 class ConvBlocks:

@@ -24,8 +24,10 @@ from absl import logging
 from keras import ops
 from PIL import Image, ImageOps
 
-from tf_pacseg import checks, constants, inference, voc
+from tf_pacseg import checks, constants
+from tf_pacseg.data import voc
 from tf_pacseg.files import atomic_write
+from tf_pacseg.inference import forward
 
 OUTPUT_FORMATS = ("color", "index", "overlay", "logits")
 OUTPUT_EXTENSIONS = {"color": ".png", "index": ".png", "overlay": ".png", "logits": ".npy"}
@@ -223,7 +225,7 @@ def predict_folder(
             f"{', '.join(constants.IMAGE_EXTENSIONS)} (any case)."
         )
     os.makedirs(output_dir, exist_ok=True)
-    predict = inference.scores if output_format == "logits" else inference.predict_labels
+    predict = forward.scores if output_format == "logits" else forward.predict_labels
     names = output_names(paths, OUTPUT_EXTENSIONS[output_format])
 
     def load(path):

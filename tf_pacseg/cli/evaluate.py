@@ -1,0 +1,108 @@
+r"""Evaluates a segmentation model on PASCAL VOC val: IoU per class, mIoU, pixel accuracy.
+
+    python evaluate.py --model_dir=model --data_dir=dataset
+    python evaluate.py --model_dir=model/model.ckpt-30000 \
+        --image_data_dir=VOC2012/JPEGImages --label_data_dir=VOC2012/SegmentationClassAug \
+        --evaluation_data_list=dataset/val.txt --output_json=val.json
+
+Each image is padded bottom/right to at least --input_height x --input_width
+with the mean pixel (labels with --ignore_label, which the metrics leave out)
+and evaluated at that size, as the original evaluated during training.
+Runs on either Keras backend (KERAS_BACKEND=tensorflow or jax).
+"""
+
+import sys
+
+from absl import flags
+
+from tf_pacseg import cli, constants
+from tf_pacseg.cli.model_flags import define_model_flags, load_model_from_flags
+
+define_model_flags()
+
+flags.DEFINE_string(
+    "data_dir",
+    None,
+    "Folder of TFRecords (val-*-of-*.tfrecord from data/convert_voc.py, or the "
+    "original's voc_val.record). Alternative to the three folder flags.",
+)
+flags.DEFINE_string("image_data_dir", None, "Folder of the <id>.jpg images.")
+flags.DEFINE_string(
+    "label_data_dir",
+    None,
+    "Folder of the <id>.png labels: one-channel class indices (SegmentationClassAug) or "
+    "VOC palette PNGs (SegmentationClass).",
+)
+flags.DEFINE_string(
+    "evaluation_data_list", None, "List file of the image ids to evaluate, e.g. val.txt."
+)
+flags.DEFINE_integer("batch_size", 4, "Images per forward pass.", lower_bound=1)
+flags.DEFINE_integer(
+    "input_height", 513, "Images are padded to at least this height.", lower_bound=1
+)
+flags.DEFINE_integer("input_width", 513, "Images are padded to at least this width.", lower_bound=1)
+flags.DEFINE_integer(
+    "num_classes", None, "Number of classes; must match the model's (default: the model's)."
+)
+flags.DEFINE_list(
+    "eval_scales",
+    ["1.0"],
+    "Comma-separated image scales; several average the softmax over scales, e.g. "
+    "0.5,0.75,1.0,1.25,1.5,1.75.",
+)
+flags.DEFINE_bool("add_flipped_images", False, "Also average over left-right flipped images.")
+flags.DEFINE_integer(
+    "ignore_label",
+    constants.IGNORE_LABEL,
+    "Label value of the pixels left out of the metrics (and of the label padding).",
+    lower_bound=0,
+    upper_bound=255,
+)
+flags.DEFINE_string("output_json", None, "Also write the results (and confusion matrix) here.")
+flags.mark_flag_as_required("model_dir")
+FLAGS = flags.FLAGS
+
+
+def main():
+    from tf_pacseg.inference import evaluation
+
+    try:
+        scales = [float(s) for s in FLAGS.eval_scales]
+    except ValueError:
+        sys.exit(f"evaluate.py: --eval_scales must be numbers; got {FLAGS.eval_scales}.")
+    try:
+        evaluation.check_sources(  # Before the slow load.
+            FLAGS.data_dir,
+            FLAGS.image_data_dir,
+            FLAGS.label_data_dir,
+            FLAGS.evaluation_data_list,
+        )
+        model = load_model_from_flags()
+        result = evaluation.evaluate(
+            model,
+            data_dir=FLAGS.data_dir,
+            image_data_dir=FLAGS.image_data_dir,
+            label_data_dir=FLAGS.label_data_dir,
+            evaluation_data_list=FLAGS.evaluation_data_list,
+            batch_size=FLAGS.batch_size,
+            crop_size=(FLAGS.input_height, FLAGS.input_width),
+            num_classes=FLAGS.num_classes,
+            eval_scales=scales,
+            add_flipped_images=FLAGS.add_flipped_images,
+            ignore_label=FLAGS.ignore_label,
+        )
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f"evaluate.py: {error}")
+    print(evaluation.format_result(result))
+    if FLAGS.output_json:
+        evaluation.write_result_json(result, FLAGS.output_json)
+        print(f"wrote {FLAGS.output_json}")
+
+
+def run():
+    """Console entry point `pacseg-evaluate` (the shim at the top calls it too)."""
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

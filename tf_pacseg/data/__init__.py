@@ -1,0 +1,1 @@
+"""Datasets: TFRecords, VOC folders and their conversion, augmentation, pipelines, synthetic."""

@@ -1,0 +1,1 @@
+"""Running a trained model: the forward pass, evaluation and its metrics, prediction."""

@@ -1,0 +1,1 @@
+"""The network in `keras.ops`: layers, atrous ResNets, PAC/ASPP heads, the segmenter, losses."""
