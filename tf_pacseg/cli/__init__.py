@@ -80,7 +80,10 @@ def run(main, uses_tensorflow=True):
                 import tensorflow  # noqa: F401
         return main()
 
-    # absl's --help prints `__main__`'s docstring: a shim's or a console script's
-    # wrapper; the entry point's own says what the command does.
-    sys.modules["__main__"].__doc__ = sys.modules[main.__module__].__doc__
+    # absl's --help prints `__main__`'s docstring and the flags of the file run,
+    # a shim or a console script's wrapper: show the entry point's own instead.
+    entry = main.__module__
+    sys.modules["__main__"].__doc__ = sys.modules[entry].__doc__
+    for flag in flags.FLAGS.get_key_flags_for_module(entry):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(checked_main)
