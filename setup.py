@@ -1,5 +1,10 @@
 from setuptools import find_packages, setup
 
+# tf2onnx before 1.17 pins protobuf 3.20, which TensorFlow 2.21 cannot use.
+ONNX = ["tf2onnx>=1.17,<2", "onnx>=1.17,<2", "onnxruntime>=1.20,<2"]
+LITERT = ["ai-edge-litert>=2.0,<3"]
+OPENVINO = ["openvino>=2025.1,<2027"]
+
 setup(
     name="tf_pacseg",
     version="0.1.0",
@@ -20,7 +25,20 @@ setup(
         "absl-py>=2.1,<3",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "jax[cpu]>=0.4.30", "tf-slim>=1.1", "ruff>=0.6"],
+        # The export formats' converters and runtimes (checkpoints/export.py).
+        "onnx": ONNX,
+        "litert": LITERT,
+        "openvino": OPENVINO,
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "jax[cpu]>=0.4.30",
+            "tf-slim>=1.1",
+            "ruff>=0.6",
+            *ONNX,
+            *LITERT,
+            *OPENVINO,
+        ],
         # Viewing the training logs only; training writes them without it.
         "tensorboard": ["tensorboard>=2.20"],
     },
@@ -31,6 +49,7 @@ setup(
             "pacseg-predict=tf_pacseg.cli.predict:run",
             "pacseg-convert-voc=tf_pacseg.cli.convert_voc:run",
             "pacseg-convert-tf1=tf_pacseg.cli.convert_tf1:run",
+            "pacseg-export=tf_pacseg.cli.export:run",
         ]
     },
 )

@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: import paths, the machine, alternating timing, the report."""
+"""What the benchmark scripts share: the machine, alternating timing, the report."""
 
 import contextlib
 import json
@@ -10,18 +10,19 @@ import subprocess
 import sys
 import time
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IDLE_REMINDER = (
     "Timings are only meaningful on an otherwise idle machine: stop other jobs, "
     "and compare figures taken in the same run."
 )
 
 
-def setup_paths():
-    """Puts the repository (tf_pacseg) and tests/ (the TF1 reference) on the import path."""
-    for path in (os.path.join(REPOSITORY, "tests"), REPOSITORY):
-        if path not in sys.path:
-            sys.path.insert(0, path)
+def uses_tensorflow():
+    """Whether the Keras backend is TensorFlow (`KERAS_BACKEND`, TensorFlow when unset).
+
+    Read from the environment, before Keras loads: on the JAX backend the
+    benchmarks of ours import no TensorFlow, so they run where it is not installed.
+    """
+    return os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow"
 
 
 def quiet_python_logs():
@@ -61,6 +62,71 @@ def accelerators():
         tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
         for gpu in tf.config.list_physical_devices("GPU")
     ]
+
+
+# Dense peak FLOP/s of one device, by `jax.Device.device_kind` prefix: (16-bit, float32).
+# float32 is the TF32 tensor-core rate, which XLA uses for float32 convolutions on
+# these GPUs by default.
+_PEAK_FLOPS = {
+    "NVIDIA H200": (989e12, 495e12),
+    "NVIDIA H100": (989e12, 495e12),
+    "NVIDIA A100": (312e12, 156e12),
+}
+
+
+def peak_flops(precision):
+    """Summed peak FLOP/s of the accelerators in use at `precision`, or None if unknown.
+
+    Args:
+        precision: str. "none" (float32), "mixed_float16" or "mixed_bfloat16".
+    """
+    names = accelerators()
+    peaks = [
+        next((p for prefix, p in _PEAK_FLOPS.items() if name.startswith(prefix)), None)
+        for name in names
+    ]
+    if not names or None in peaks:
+        return None
+    return sum(p[0] if precision.startswith("mixed") else p[1] for p in peaks)
+
+
+def forward_flops(model, height, width):
+    """FLOPs of one image through `model` in inference mode, as the compiler counts them.
+
+    JAX: XLA's cost analysis of the compiled forward pass; TensorFlow: the
+    graph profiler's float operations. Multiply-adds count as two FLOPs.
+    """
+    import keras
+    import numpy as np
+
+    shape = (1, height, width, 3)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        weights = (
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+        )
+        forward = jax.jit(lambda w, x: model.stateless_call(*w, x, training=False)[0])
+        cost = forward.lower(weights, np.zeros(shape, "float32")).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost["flops"])
+    import tensorflow as tf
+
+    function = tf.function(lambda x: model(x, training=False))
+    graph = function.get_concrete_function(tf.TensorSpec(shape, tf.float32)).graph
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return float(tf.compat.v1.profiler.profile(graph, options=options).total_float_ops)
+
+
+def utilisation_line(flops_per_unit, units_per_second, precision):
+    """ "model FLOPs per image … and MFU …" for the report."""
+    line = f"model FLOPs per image {flops_per_unit / 1e9:.1f} G"
+    peak = peak_flops(precision)
+    if peak:
+        line += f"; model FLOP utilisation {flops_per_unit * units_per_second / peak:.1%} of peak"
+    return line
 
 
 def machine_description():
@@ -105,7 +171,7 @@ def time_alternating(runners, repeats, iterations, warmup):
     return {name: (statistics.median(times), times) for name, times in rounds.items()}
 
 
-def report(title, timings, unit, units_per_call):
+def report(title, timings, unit, units_per_call, notes=()):
     """Prints the machine, both medians with their rounds, and how many times faster ours is.
 
     Args:
@@ -113,6 +179,7 @@ def report(title, timings, unit, units_per_call):
         timings: dict from `time_alternating`, keys "ours" and/or "reference".
         unit: str. What one call processes, e.g. "image" or "step".
         units_per_call: int. The batch size for images, 1 for steps.
+        notes: sequence of str. Lines printed after the timings.
     """
     print(title)
     print(f"machine: {machine_description()}")
@@ -127,4 +194,6 @@ def report(title, timings, unit, units_per_call):
     if "ours" in timings and "reference" in timings:
         ratio = timings["reference"][0] / timings["ours"][0]
         print(f"  ratio              {ratio:.2f}x the original's rate (above 1: ours is faster)")
+    for note in notes:
+        print(f"  {note}")
     print(IDLE_REMINDER)

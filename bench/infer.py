@@ -2,7 +2,7 @@ r"""Inference rate of ours against the original TF1 graph, timed in one run.
 
 Ours is `tf_pacseg.build_model` in inference mode (a `tf.function`, or a
 `jax.jit` on JAX); the original's is its inference graph rebuilt in
-tf.compat.v1 (`build_reference_graph` of tests/tf1_reference.py) in a
+tf.compat.v1 (`tf_pacseg.testing.tf1_network.build_reference_graph`) in a
 session. By default both hold the same random weights (a TF1 checkpoint
 written by the reference and loaded into ours, the largest logit difference
 is printed). Same random images for both, alternating rounds after a
@@ -18,16 +18,13 @@ warm-up; the medians and their ratio are printed.
 
 import json
 import os
-import sys
 import tempfile
 
+import common
+import profiling
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-
-common.setup_paths()
-from tf_pacseg import cli, constants  # noqa: E402
+from tf_pacseg import cli, constants
 
 flags.DEFINE_enum(
     "base_architecture", "resnet_v1_101", list(constants.BASE_ARCHITECTURES), "Backbone."
@@ -38,6 +35,9 @@ flags.DEFINE_integer("height", 513, "Input height.", lower_bound=1)
 flags.DEFINE_integer("width", 513, "Input width.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 1, "Images per forward pass.", lower_bound=1)
 flags.DEFINE_list("units_per_block", None, "e.g. 1,1,1,1 for a shallow backbone.")
+flags.DEFINE_enum(
+    "mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Compute dtype (ours)."
+)
 flags.DEFINE_boolean(
     "jit_compile", False, "XLA-compile our forward pass (TensorFlow; JAX always compiles)."
 )
@@ -48,6 +48,9 @@ flags.DEFINE_enum("only", "both", ["both", "ours", "reference"], "What to time."
 flags.DEFINE_integer("repeats", 5, "Alternating rounds; the median round counts.", lower_bound=1)
 flags.DEFINE_integer("iterations", 3, "Timed forward passes per round and network.", lower_bound=1)
 flags.DEFINE_integer("warmup", 2, "Untimed forward passes first (tracing).", lower_bound=1)
+flags.DEFINE_boolean(
+    "profile", False, "Also print where our time goes, by op type (the backend's profiler)."
+)
 flags.DEFINE_boolean("json", False, "Print one JSON line of the timings instead of a report.")
 FLAGS = flags.FLAGS
 
@@ -57,7 +60,10 @@ def _units_per_block():
 
 
 def make_our_forward(images, checkpoint=None):
-    """A callable running our forward pass on `images`, returning (numpy) logits.
+    """(A callable running our forward pass on `images`, returning numpy logits; the model).
+
+    On JAX the images are put on the devices once, split over them along the
+    batch: the timed calls read no input from the host.
 
     Args:
         images: float32 [N, H, W, 3].
@@ -67,7 +73,6 @@ def make_our_forward(images, checkpoint=None):
     import numpy as np
 
     import tf_pacseg
-    from tf_pacseg.weights import tf1_checkpoint
 
     model = tf_pacseg.build_model(
         FLAGS.base_architecture,
@@ -76,6 +81,8 @@ def make_our_forward(images, checkpoint=None):
         units_per_block=_units_per_block(),
     )
     if checkpoint:
+        from tf_pacseg.weights import tf1_checkpoint
+
         tf1_checkpoint.load_tf1_checkpoint(model, checkpoint)
     if keras.backend.backend() == "jax":
         import jax
@@ -86,6 +93,11 @@ def make_our_forward(images, checkpoint=None):
             [v.value for v in model.non_trainable_variables],
         )
         stateless = jax.jit(lambda weights, x: model.stateless_call(*weights, x, training=False)[0])
+        from tf_pacseg.training import jax_step
+
+        mesh = jax_step.data_parallel_mesh()
+        if len(images) % mesh.size == 0:
+            images = jax.device_put(images, jax_step.batch_sharding(mesh))
 
         def forward(x):
             return stateless(weights, x)
@@ -97,18 +109,19 @@ def make_our_forward(images, checkpoint=None):
     def run():
         return np.asarray(forward(images))  # Waits for the device.
 
-    return run
+    return run, model
 
 
 def make_reference_forward(images, checkpoint=None):
     """A callable running the original's inference graph on `images` (TF1 session)."""
     import tensorflow as tf
-    import tf1_reference
+
+    from tf_pacseg.testing import tf1_network
 
     v1 = tf.compat.v1
     graph = tf.Graph()
     with graph.as_default():
-        logits = tf1_reference.build_reference_graph(
+        logits = tf1_network.build_reference_graph(
             tf.constant(images),
             FLAGS.base_architecture,
             FLAGS.head,
@@ -129,10 +142,10 @@ def make_reference_forward(images, checkpoint=None):
 
 
 def _write_checkpoint(directory):
-    import tf1_reference
+    from tf_pacseg.testing import tf1_checkpoints
 
     prefix = os.path.join(directory, "model.ckpt")
-    tf1_reference.write_reference_checkpoint(
+    tf1_checkpoints.write_reference_checkpoint(
         prefix,
         FLAGS.base_architecture,
         FLAGS.head,
@@ -152,11 +165,15 @@ def main():
         0, 255, (FLAGS.batch_size, FLAGS.height, FLAGS.width, 3)
     )
     images = images.astype("float32")
+    if FLAGS.mixed_precision != "none":
+        keras.mixed_precision.set_dtype_policy(FLAGS.mixed_precision)
+    # The same weights need the reference here, on TensorFlow.
+    same_weights = FLAGS.same_weights and FLAGS.only == "both" and backend == "tensorflow"
     with tempfile.TemporaryDirectory() as directory:
-        checkpoint = _write_checkpoint(directory) if FLAGS.same_weights else None
-        runners = {}
+        checkpoint = _write_checkpoint(directory) if same_weights else None
+        runners, notes = {}, []
         if FLAGS.only in ("both", "ours"):
-            runners["ours"] = make_our_forward(images, checkpoint)
+            runners["ours"], model = make_our_forward(images, checkpoint)
         if FLAGS.only in ("both", "reference") and backend == "tensorflow":
             runners["reference"] = make_reference_forward(images, checkpoint)
         difference = None
@@ -170,21 +187,32 @@ def main():
     if FLAGS.json:
         print(json.dumps(timings))
         return
+    if "ours" in runners:
+        rate = FLAGS.batch_size / timings["ours"][0]
+        flops = common.forward_flops(model, FLAGS.height, FLAGS.width)
+        notes.append(
+            f"ours: {rate:.1f} images/s; "
+            + common.utilisation_line(flops, rate, FLAGS.mixed_precision)
+        )
+        if FLAGS.profile:
+            notes.extend(profiling.profile_table(runners["ours"], FLAGS.iterations))
     units = ",".join(FLAGS.units_per_block) if FLAGS.units_per_block else "full"
-    weights = "same random weights" if FLAGS.same_weights else "independent random weights"
+    weights = "same random weights" if same_weights else "independent random weights"
     if difference is not None:
         weights += f", max |logits difference| {difference:.2g}"
     xla = FLAGS.jit_compile or backend == "jax"
     common.report(
         f"inference {FLAGS.base_architecture} ({units}) + {FLAGS.head}, OS{FLAGS.output_stride}, "
-        f"{FLAGS.height}x{FLAGS.width}, batch {FLAGS.batch_size}, float32, "
-        f"xla={'on' if xla else 'off'}, backend {backend}; {weights}; "
+        f"{FLAGS.height}x{FLAGS.width}, batch {FLAGS.batch_size}, {FLAGS.mixed_precision}, "
+        f"xla={'on' if xla else 'off'}, backend {backend}, "
+        f"{len(common.accelerators())} accelerator(s); {weights}; "
         f"median of {FLAGS.repeats} rounds of {FLAGS.iterations} passes{note}",
         timings,
         "image",
         FLAGS.batch_size,
+        notes,
     )
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, uses_tensorflow=common.uses_tensorflow())

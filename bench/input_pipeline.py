@@ -2,7 +2,7 @@ r"""Training images/s of the tf.data input pipeline, on 1 CPU core and on all of
 
 Writes TFRecords of synthetic VOC-like examples (JPEG images and PNG labels
 of about 500x375, `tf_pacseg.data.synthetic` + `tf_pacseg.data.records`), then times
-`input_pipeline.train_dataset` (parse, random scale, pad, crop, flip, batch)
+`pipelines.train_dataset` (parse, random scale, pad, crop, flip, batch)
 with its threads limited to each core count in turn. The per-core rate tells
 how many CPU cores keep a training step fed: cores needed = images/s the
 accelerators consume / images/s per core.
@@ -13,22 +13,20 @@ accelerators consume / images/s per core.
 """
 
 import os
-import sys
 import tempfile
 import time
 
+import common
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-
-common.setup_paths()
-from tf_pacseg import cli  # noqa: E402
+from tf_pacseg import cli, constants
 
 flags.DEFINE_integer("num_images", 64, "Examples written (one epoch).", lower_bound=1)
 flags.DEFINE_integer("image_height", 375, "Height of the written images.", lower_bound=20)
 flags.DEFINE_integer("image_width", 500, "Width of the written images.", lower_bound=20)
-flags.DEFINE_integer("crop_size", 513, "Height and width of the training crops.", lower_bound=1)
+flags.DEFINE_integer(
+    "crop_size", constants.CROP_SIZE[0], "Height and width of the training crops.", lower_bound=1
+)
 flags.DEFINE_integer("batch_size", 16, "Examples per batch.", lower_bound=1)
 flags.DEFINE_list("cores", None, "Core counts to time (default: 1 and all the process may use).")
 flags.DEFINE_integer("batches", 20, "Timed batches per core count.", lower_bound=1)
@@ -61,9 +59,9 @@ def images_per_second(files, cores):
     """Training images/s of the pipeline with `cores` threads (tf.data and the ops in it)."""
     import tensorflow as tf
 
-    from tf_pacseg.data import input_pipeline
+    from tf_pacseg.data import pipelines
 
-    dataset = input_pipeline.train_dataset(
+    dataset = pipelines.train_dataset(
         files,
         FLAGS.batch_size,
         crop_size=(FLAGS.crop_size, FLAGS.crop_size),

@@ -2,7 +2,7 @@ r"""Training-step rate of ours against the original TF1 graph, timed in one run.
 
 Ours is the step train.py runs (forward, loss, backward, cross-replica sum,
 update); the original's is its training branch rebuilt in tf.compat.v1
-(`build_training_graph` of tests/tf1_reference.py): slim's fused BatchNorm
+(`tf_pacseg.testing.tf1_training.build_training_graph`): slim's fused BatchNorm
 in training mode with its moving-average update ops, boundary-aware loss (or
 cross entropy), slim L2 on the conv kernels, momentum on the poly rate. Both
 run on one fixed random batch (the input pipeline is left out), in
@@ -20,16 +20,12 @@ unless `--only=both` is given, as the original ran float32 without XLA.
 
 import dataclasses
 import json
-import os
-import sys
 
+import common
+import profiling
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
-
-common.setup_paths()
-from tf_pacseg import cli, constants  # noqa: E402
+from tf_pacseg import cli, constants
 
 flags.DEFINE_enum(
     "base_architecture", "resnet_v1_101", list(constants.BASE_ARCHITECTURES), "Backbone."
@@ -55,6 +51,9 @@ flags.DEFINE_enum(
 flags.DEFINE_integer("repeats", 5, "Alternating rounds; the median round counts.", lower_bound=1)
 flags.DEFINE_integer("steps", 3, "Timed steps per round and network.", lower_bound=1)
 flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, autotuning).", lower_bound=1)
+flags.DEFINE_boolean(
+    "profile", False, "Also print where our time goes, by op type (the backend's profiler)."
+)
 flags.DEFINE_boolean("json", False, "Print one JSON line of the medians instead of a report.")
 FLAGS = flags.FLAGS
 
@@ -94,7 +93,10 @@ def random_batch(config, seed=0):
 
 
 def make_our_step(config, images, labels):
-    """A callable running one of our training steps on the batch, returning when it is done.
+    """(A callable running one of our training steps on the batch, the model it trains).
+
+    The callable returns when the step is done. The batch is put on the
+    devices once: the step reads no input from the host.
 
     The active Keras backend's engine: `TrainStep` under tf.distribute on
     TensorFlow, `JaxTrainStep` (one XLA program, every local device) on JAX.
@@ -132,23 +134,24 @@ def make_our_step(config, images, labels):
     def run():
         float(step(*batch)["loss"])  # float() waits for the device.
 
-    return run
+    return run, model
 
 
 def make_reference_step(config, images, labels):
     """A callable running one step of the original's training graph (TF1 session).
 
-    `tests/tf1_reference.build_training_graph`: the original `model_fn` in
+    `tf1_training.build_training_graph`: the original `model_fn` in
     training mode (slim's fused BatchNorm with its UPDATE_OPS, BAL or cross
     entropy, slim L2, momentum on the poly rate), with `config`'s settings.
     """
     import tensorflow as tf
-    import tf1_reference
+
+    from tf_pacseg.testing import tf1_training
 
     v1 = tf.compat.v1
     graph = tf.Graph()
     with graph.as_default():
-        step = tf1_reference.build_training_graph(
+        step = tf1_training.build_training_graph(
             tf.constant(images),
             tf.constant(labels),
             config.base_architecture,
@@ -191,9 +194,9 @@ def main():
         plain = config.mixed_precision == "none" and not config.jit_compile
         only = "both" if plain else "ours"
     images, labels = random_batch(config)
-    runners = {}
+    runners, notes = {}, []
     if only in ("both", "ours"):
-        runners["ours"] = make_our_step(config, images, labels)
+        runners["ours"], model = make_our_step(config, images, labels)
     if only in ("both", "reference") and backend == "tensorflow":
         runners["reference"] = make_reference_step(config, images, labels)
     timings = common.time_alternating(runners, FLAGS.repeats, FLAGS.steps, FLAGS.warmup)
@@ -204,19 +207,30 @@ def main():
     if FLAGS.json:
         print(json.dumps(timings))
         return
+    if "ours" in runners:
+        # A training step costs three forward passes: forward, input and weight gradients.
+        flops = 3 * common.forward_flops(model, config.input_height, config.input_width)
+        rate = config.batch_size / timings["ours"][0]
+        notes.append(
+            f"ours: {rate:.1f} images/s; "
+            + common.utilisation_line(flops, rate, config.mixed_precision)
+        )
+        if FLAGS.profile:
+            notes.extend(profiling.profile_table(runners["ours"], FLAGS.steps))
     units = ",".join(map(str, config.units_per_block)) if config.units_per_block else "full"
     common.report(
         f"train_step {config.base_architecture} ({units}) + {config.head}, "
         f"loss {config.loss} + L2, OS{config.output_stride}, crop {FLAGS.crop_size}, "
         f"batch {config.batch_size}, {config.mixed_precision}, "
         f"xla={'on' if config.jit_compile or backend == 'jax' else 'off'}, "
-        f"backend {backend}, {num_gpu} GPU(s); "
+        f"backend {backend}, {num_gpu} accelerator(s); "
         f"median of {FLAGS.repeats} rounds of {FLAGS.steps} steps{note}",
         timings,
         "step",
         1,
+        notes,
     )
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, uses_tensorflow=common.uses_tensorflow())

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 # The reduced-depth network that the parity tests write reference checkpoints for.
 TINY_ARCHITECTURE = dict(
     base_architecture="resnet_v1_50",
@@ -54,7 +55,8 @@ def run_python(script, args, backend, timeout=300):
         CUDA_VISIBLE_DEVICES="",
         JAX_PLATFORMS="cpu",
     )
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    # The checkout's package, and these helpers for scripts that import test modules.
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS), env.get("PYTHONPATH", "")])
     result = subprocess.run(
         [sys.executable, "-c", script, *map(str, args)],
         env=env,
@@ -69,14 +71,14 @@ def run_python(script, args, backend, timeout=300):
 
 def make_records(root, num_train=8, num_val=2):
     """A small synthetic VOC set converted to 2 shards per split; returns the records folder."""
-    from tf_pacseg.data import synthetic, voc
+    from tf_pacseg.data import conversion, synthetic
 
     voc_dir, records = os.path.join(root, "voc"), os.path.join(root, "records")
     synthetic.make_synthetic_voc(
         voc_dir, num_train=num_train, num_val=num_val, min_size=40, max_size=60
     )
     lists = os.path.join("ImageSets", "Segmentation")
-    voc.convert_voc(
+    conversion.convert_voc(
         voc_dir,
         records,
         os.path.join(lists, "train.txt"),

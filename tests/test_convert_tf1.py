@@ -4,15 +4,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import tf1_reference
+from helpers import REPO
 
+from tf_pacseg.testing import tf1_checkpoints
 from tf_pacseg.weights.saving import convert_tf1_checkpoint, load_model
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "checkpoints" / "convert_tf1.py"
 UNITS = (1, 1, 1, 1)
 IMAGES = [
@@ -45,7 +44,7 @@ def estimator_checkpoint(tmp_path_factory):
     """An Estimator-style resnet_v2_50 + aspp checkpoint at output stride 8."""
     directory = tmp_path_factory.mktemp("model_dir")
     prefix = os.fspath(directory / "model.ckpt-500")
-    logits = tf1_reference.write_reference_checkpoint(
+    logits = tf1_checkpoints.write_reference_checkpoint(
         prefix,
         "resnet_v2_50",
         "aspp",
@@ -116,7 +115,7 @@ def test_convert_creates_the_output_directory(estimator_checkpoint, tmp_path):
 
 def test_convert_refuses_a_backbone_only_checkpoint(tmp_path):
     prefix = os.fspath(tmp_path / "imagenet" / "model.ckpt")
-    tf1_reference.write_reference_checkpoint(
+    tf1_checkpoints.write_reference_checkpoint(
         prefix, "resnet_v1_50", None, units_per_block=(1, 1, 1, 1), imagenet_style=True
     )
     with pytest.raises(ValueError, match="backbone-only"):

@@ -12,10 +12,13 @@ import subprocess
 import sys
 
 import pytest
-from helpers import make_records
+from helpers import REPO, TESTS, make_records
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_TRAIN = os.path.join(_REPO, "train.py")
+_TRAIN = os.path.join(REPO, "train.py")
+# Run as a script, this file imports the helpers beside conftest.py.
+_SELF_RUN_ENV = dict(
+    os.environ, PYTHONPATH=os.pathsep.join([os.fspath(TESTS), os.environ.get("PYTHONPATH", "")])
+)
 _TINY_FLAGS = [
     "--num_gpu=0",
     "--base_architecture=resnet_v1_50",
@@ -148,7 +151,9 @@ def _overflow_on_one_replica():
 
 def test_an_overflow_on_one_replica_reaches_every_replica():
     command = [sys.executable, __file__, "overflow"]
-    process = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=_REPO)
+    process = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, cwd=REPO, env=_SELF_RUN_ENV
+    )
     assert process.returncode == 0, process.stderr[-5000:]
     assert json.loads(process.stdout.strip().splitlines()[-1]) == {"finite": [False] * 4}
 
@@ -157,7 +162,9 @@ def test_an_overflow_on_one_replica_reaches_every_replica():
 @pytest.mark.parametrize("case", ["frozen_batch_norm", "sync_batch_norm"])
 def test_two_replicas_make_the_update_of_one_replica(case):
     command = [sys.executable, __file__, case]
-    process = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=_REPO)
+    process = subprocess.run(
+        command, capture_output=True, text=True, timeout=900, cwd=REPO, env=_SELF_RUN_ENV
+    )
     assert process.returncode == 0, process.stderr[-5000:]
     result = json.loads(process.stdout.strip().splitlines()[-1])
     one, two = result["losses"]["one"], result["losses"]["two"]
@@ -198,7 +205,7 @@ def test_two_workers_train_together_and_only_the_chief_writes(tmp_path):
             subprocess.Popen(
                 [sys.executable, _TRAIN, *flags],
                 env=env,
-                cwd=_REPO,
+                cwd=REPO,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,

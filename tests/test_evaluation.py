@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -7,16 +8,16 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf1_reference
-from helpers import TINY_ARCHITECTURE
+from helpers import REPO, TINY_ARCHITECTURE
 from PIL import Image
 
 from tf_pacseg import constants
 from tf_pacseg.data import records, synthetic
-from tf_pacseg.inference import evaluation, forward, metrics
+from tf_pacseg.inference import evaluation, forward, metrics, report
+from tf_pacseg.inference.tiling import Tiling, tiled_probabilities
+from tf_pacseg.testing import tf1_checkpoints
 from tf_pacseg.weights import saving
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CROP = (65, 65)
 BATCH = 2
 NUM_CLASSES = 21
@@ -78,7 +79,7 @@ def record_dir(voc, tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     prefix = str(tmp_path_factory.mktemp("tf1") / "model.ckpt-100")
-    tf1_reference.write_reference_checkpoint(prefix, **ARCHITECTURE, seed=3)
+    tf1_checkpoints.write_reference_checkpoint(prefix, **ARCHITECTURE, seed=3)
     return prefix
 
 
@@ -107,7 +108,7 @@ def padded(voc):
 @pytest.fixture(scope="module")
 def reference(checkpoint, padded):
     """The ORIGINAL graph's logits on each padded image."""
-    return tf1_reference.reference_logits(
+    return tf1_checkpoints.reference_logits(
         checkpoint, [image for image, _, _ in padded], **ARCHITECTURE
     )
 
@@ -220,7 +221,7 @@ def test_result_metrics_follow_the_confusion_matrix(records_result):
         else:
             assert iou == pytest.approx(metrics.per_class_iou(cm)[index])
     json.dumps(records_result, allow_nan=False)
-    text = evaluation.format_result(records_result)
+    text = report.format_result(records_result)
     assert "aeroplane" in text and "mean IoU" in text and "pixel accuracy" in text
 
 
@@ -335,7 +336,7 @@ def test_argument_errors(model, voc, record_dir):
     root, _ = voc
     with pytest.raises(ValueError, match="not both"):
         evaluation.evaluate(model, data_dir=record_dir, **_folder_args(root), verbose=0)
-    with pytest.raises(ValueError, match="No evaluation data"):
+    with pytest.raises(ValueError, match="Expected evaluation data: `data_dir`"):
         evaluation.evaluate(model, image_data_dir=root, verbose=0)
     with pytest.raises(ValueError, match="predicts 21 classes"):
         evaluation.evaluate(model, data_dir=record_dir, num_classes=5, verbose=0)
@@ -369,8 +370,14 @@ def test_evaluate_script_on_original_checkpoint_writes_json(
         result = json.load(f)
     assert set(result) == {
         "miou",
+        "mean_precision",
+        "mean_recall",
+        "mean_dice",
         "pixel_accuracy",
         "per_class_iou",
+        "per_class_precision",
+        "per_class_recall",
+        "per_class_dice",
         "confusion_matrix",
         "num_images",
     }
@@ -380,3 +387,45 @@ def test_evaluate_script_on_original_checkpoint_writes_json(
     # The numbers the original graph gives on the same padded images.
     cm, ambiguous = _reference_confusion(reference, padded)
     _assert_confusion_close(result["confusion_matrix"], cm, ambiguous)
+
+
+def test_auto_mode_tiles_padded_images_above_the_budget(model, record_dir, padded, caplog):
+    caplog.set_level(logging.INFO)
+    # 65x65 padded images run whole, the larger ones as 33x33 tiles of the padded image.
+    tiles = Tiling(mode="auto", tile_size=33, max_whole_pixels=CROP[0] * CROP[1])
+    result = evaluation.evaluate(
+        model, data_dir=record_dir, batch_size=BATCH, crop_size=CROP, tiling=tiles, verbose=0
+    )
+    scores = [
+        tiled_probabilities(model, image, tiles)
+        if tiles.slides(*image.shape[:2])
+        else _logits(model, image)
+        for image, _, _ in padded
+    ]
+    tiled = [i for i, (image, _, _) in enumerate(padded) if tiles.slides(*image.shape[:2])]
+    assert 0 < len(tiled) < len(padded)
+    cm, ambiguous = _reference_confusion(scores, padded)
+    _assert_confusion_close(result["confusion_matrix"], cm, ambiguous)
+    for index in tiled:
+        assert f"Tiles for image {index}: " in caplog.text
+    # One tile as large as each padded image is the whole image.
+    one_tile = Tiling(mode="slide", tile_size=100)
+    result = evaluation.evaluate(
+        model, data_dir=record_dir, batch_size=BATCH, crop_size=CROP, tiling=one_tile, verbose=0
+    )
+    cm, ambiguous = _reference_confusion([_logits(model, image) for image, _, _ in padded], padded)
+    _assert_confusion_close(result["confusion_matrix"], cm, ambiguous)
+
+
+def test_evaluate_script_rejects_overlapping_tile_flags_before_loading(tmp_path):
+    command = [
+        sys.executable,
+        os.path.join(REPO, "evaluate.py"),
+        f"--model_dir={tmp_path / 'absent'}",
+        f"--data_dir={tmp_path}",
+        "--tile_size=65",
+        "--tile_stride=66",
+    ]
+    process = subprocess.run(command, capture_output=True, text=True, cwd=str(tmp_path))
+    assert process.returncode != 0 and "Traceback" not in process.stderr
+    assert "evaluate.py: Invalid value for argument `tile_stride`" in process.stderr

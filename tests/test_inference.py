@@ -14,6 +14,7 @@ from PIL import Image
 from tf_pacseg import build_model
 from tf_pacseg.data import synthetic
 from tf_pacseg.inference import evaluation, forward, prediction
+from tf_pacseg.inference.tiling import Tiling
 from tf_pacseg.weights.saving import save_model_weights
 
 NUM_CLASSES = 6  # Synthetic labels use classes 1..4; 5 stands in for an ignore label.
@@ -147,4 +148,27 @@ def test_predict_script_on_jax_matches_tensorflow(model, workspace):
     )
     for path in expected.written:
         ours = np.asarray(Image.open(os.path.join(root / "jax_out", os.path.basename(path))))
+        np.testing.assert_array_equal(ours, np.asarray(Image.open(path)))
+
+
+def test_predict_script_on_jax_slides_as_tensorflow(model, workspace):
+    root, voc, _ = workspace
+    images = os.path.join(voc, "JPEGImages")
+    tiles = Tiling(mode="slide", tile_size=33, tile_batch_size=3)  # 2x2 tiles of 48x48.
+    expected = prediction.predict_folder(
+        model, images, os.fspath(root / "tf_tiles"), output_format="index", tiling=tiles, verbose=0
+    )
+    result = _run_on_jax(
+        "predict.py",
+        f"--model_dir={root / 'model'}",
+        f"--input_dir={images}",
+        f"--output_dir={root / 'jax_tiles'}",
+        "--output_format=index",
+        "--inference_mode=slide",
+        "--tile_size=33",
+        "--tile_batch_size=3",
+    )
+    assert "Tiles for 48x48 image (inference_mode=slide): 4 tiles of 33x33" in result.stderr
+    for path in expected.written:
+        ours = np.asarray(Image.open(os.path.join(root / "jax_tiles", os.path.basename(path))))
         np.testing.assert_array_equal(ours, np.asarray(Image.open(path)))

@@ -7,12 +7,14 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf1_reference
 from helpers import make_records, randomize_weights
 from training_runs import tiny_config
 
 from tf_pacseg import training
-from tf_pacseg.training import initialization
+from tf_pacseg.model.backbones import UNITS_PER_BLOCK
+from tf_pacseg.model.segmenter import build_model
+from tf_pacseg.testing import tf1_checkpoints
+from tf_pacseg.training import initialization, pretrained
 from tf_pacseg.weights import saving, tf1_checkpoint
 
 TINY = dict(base_architecture="resnet_v1_50", units_per_block=(1, 1, 1, 1))
@@ -31,7 +33,7 @@ def _values(model):
 def released_layout(tmp_path_factory):
     """A TF1 checkpoint of the original network, 21 classes, with the Estimator's extras."""
     prefix = str(tmp_path_factory.mktemp("tf1") / "model.ckpt-30000")
-    tf1_reference.write_reference_checkpoint(
+    tf1_checkpoints.write_reference_checkpoint(
         prefix, head="pac", num_classes=21, seed=4, estimator_extras=True, **TINY
     )
     return prefix
@@ -87,6 +89,32 @@ def test_another_architecture_is_an_error_naming_the_file_and_the_difference(
 ):
     with pytest.raises(ValueError, match=rf"model.ckpt-30000.* {mismatch}"):
         initialization.load_init_checkpoint(_model(**overrides), released_layout)
+
+
+# Both ways to start a fresh run from Keras weights: (flag, loader, what it loads).
+_LOADERS = [
+    ("--init_checkpoint", initialization.load_init_checkpoint, False),
+    ("--pre_trained_model", pretrained.load_pretrained, True),
+]
+
+
+@pytest.mark.parametrize("saved, loaded", [(None, (1, 1, 1, 1)), ((1, 1, 1, 1), None)])
+@pytest.mark.parametrize("flag, load, backbone_only", _LOADERS)
+def test_the_default_depth_written_out_or_not_is_the_same_architecture(
+    tmp_path, monkeypatch, saved, loaded, flag, load, backbone_only
+):
+    # resnet_v1_50's own depth made tiny, so that `None` builds a small network.
+    monkeypatch.setitem(UNITS_PER_BLOCK, "resnet_v1_50", (1, 1, 1, 1))
+    source = randomize_weights(build_model("resnet_v1_50", units_per_block=saved), seed=2)
+    path = str(tmp_path / "model.weights.h5")
+    saving.save_model_weights(source, path)
+    model = build_model("resnet_v1_50", units_per_block=loaded)
+    load(model, path)
+    expected = tf1_checkpoint.tf1_variable_map(source, backbone_only=backbone_only)
+    for name, variable in tf1_checkpoint.tf1_variable_map(model, backbone_only).items():
+        np.testing.assert_array_equal(variable.numpy(), expected[name].numpy(), err_msg=name)
+    with pytest.raises(ValueError, match=rf"^{flag} .* units_per_block=\[1, 1, 1, 1\]; .*\[1, 2,"):
+        load(build_model("resnet_v1_50", units_per_block=(1, 2, 1, 1)), path)
 
 
 def test_a_weights_file_of_other_shapes_is_an_error_naming_it(tmp_path):

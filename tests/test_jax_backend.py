@@ -5,16 +5,13 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import randomize_weights
+from helpers import REPO, randomize_weights
 
 from tf_pacseg import build_model
 from tf_pacseg.weights.saving import save_model_weights
-
-REPO = Path(__file__).resolve().parents[1]
 
 # Runs under KERAS_BACKEND=jax; imports only the model module (no tf_pacseg.weights.saving,
 # which reads TF1 checkpoints and so imports TensorFlow).

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from harness import assert_config_round_trip
 from helpers import run_python
 
 from tf_pacseg.model.blocks import ConvBlocks
@@ -88,6 +89,30 @@ def test_conv_block_is_conv_batch_norm_relu_in_inference():
     assert not layer.use_bias
 
 
+@pytest.mark.parametrize(
+    "kwargs,layer_class",
+    [
+        ({}, keras.layers.Conv2D),
+        ({"stride": 2}, keras.layers.Conv2D),
+        ({"rate": 2}, AtrousConv2D),
+        ({"pyramid_rates": (1, 3)}, PyramidAtrousConv),
+    ],
+    ids=["conv", "strided", "atrous", "pyramid"],
+)
+def test_conv_block_with_fold_batch_norm_is_a_biased_conv_and_relu(kwargs, layer_class):
+    """The slot a folded BatchNorm goes to (`tf_pacseg.model.folding`)."""
+    conv = ConvBlocks(0.0, 0.9, True, False, "glorot_uniform", fold_batch_norm=True)
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, conv(inputs, 4, 3, "c", **kwargs))
+    layer = model.get_layer("c")
+    assert type(layer) is layer_class and layer.use_bias
+    assert not any(isinstance(other, BatchNorm) for other in model.layers)
+    assert model.layers[-1].name == "c.relu"
+    # Without a BatchNorm there is nothing to fold: no bias either.
+    unnormalised = conv(inputs, 4, 3, "d", batch_norm=False, activation=None, **kwargs)
+    assert not keras.Model(inputs, unnormalised).get_layer("d").use_bias
+
+
 # --- PyramidAtrousConv ------------------------------------------------------------
 
 
@@ -136,14 +161,27 @@ def test_pyramid_atrous_conv_has_one_shared_kernel():
     assert [tuple(w.shape) for w in layer.weights] == [(3, 3, 5, 7)]
 
 
+def test_pyramid_atrous_conv_adds_its_bias_after_the_average():
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=(2, 9, 8, 5)).astype("float32")
+    layer = PyramidAtrousConv(4, rates=(1, 3, 5), use_bias=True)
+    layer.build(x.shape)
+    assert [tuple(w.shape) for w in layer.weights] == [(3, 3, 5, 4), (4,)]
+    kernel = rng.normal(size=(3, 3, 5, 4)).astype("float32")
+    bias = rng.normal(size=4).astype("float32")
+    layer.set_weights([kernel, bias])
+    expected = _pac_reference(x, kernel, (1, 3, 5)) + bias
+    np.testing.assert_allclose(np.asarray(layer(x)), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"filters": 0}, r"Received filters=0"),
-        ({"filters": -3}, r"Received filters=-3"),
-        ({"filters": 4, "rates": ()}, r"Received rates=\(\)"),
-        ({"filters": 4, "rates": (1, 0)}, r"Received rates=\(1, 0\)"),
-        ({"filters": 4, "rates": (3, -2)}, r"Received rates=\(3, -2\)"),
+        ({"filters": 0}, r"Received: filters=0"),
+        ({"filters": -3}, r"Received: filters=-3"),
+        ({"filters": 4, "rates": ()}, r"Received: rates=\(\)"),
+        ({"filters": 4, "rates": (1, 0)}, r"Received: rates=\(1, 0\)"),
+        ({"filters": 4, "rates": (3, -2)}, r"Received: rates=\(3, -2\)"),
     ],
 )
 def test_pyramid_atrous_conv_rejects_invalid_arguments(kwargs, match):
@@ -155,12 +193,9 @@ def test_pyramid_atrous_conv_config_round_trip_gives_same_outputs():
     x = np.random.default_rng(7).normal(size=(1, 6, 6, 3)).astype("float32")
     layer = PyramidAtrousConv(4, rates=(2, 4), kernel_regularizer=keras.regularizers.L2(0.5))
     layer(x)
-    clone = PyramidAtrousConv.from_config(layer.get_config())
-    clone.build(x.shape)
-    clone.set_weights(layer.get_weights())
+    clone = assert_config_round_trip(layer, x)
     assert clone.rates == (2, 4) and clone.filters == 4
     assert clone.kernel_regularizer.get_config() == {"l2": 0.5}
-    np.testing.assert_array_equal(np.asarray(clone(x)), np.asarray(layer(x)))
 
 
 # --- BatchNorm ----------------------------------------------------------------------
@@ -210,7 +245,8 @@ def _numpy_training_batch_norm(x, gamma, beta, mean, variance, momentum):
 
 
 # Runs the layer in training mode on KERAS_BACKEND, eagerly and compiled (XLA
-# on TensorFlow, jax.jit on JAX), from the weights and inputs in an .npz file.
+# on TensorFlow, jax.jit on JAX), from the weights and inputs in an .npz file,
+# with the layer's `fused` argument given as JSON.
 _BATCH_NORM_SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -219,7 +255,7 @@ _BATCH_NORM_SCRIPT = textwrap.dedent(
     from tf_pacseg.model.layers import BatchNorm
 
     cases, output = json.loads(sys.argv[1]), sys.argv[2]
-    data = np.load(sys.argv[3])
+    data, fused = np.load(sys.argv[3]), json.loads(sys.argv[4])
     results = {}
 
     def compiled(layer, x):
@@ -244,7 +280,7 @@ _BATCH_NORM_SCRIPT = textwrap.dedent(
     for name, (momentum, dtype) in cases.items():
         x = data[name + "/x"]
         for mode in ("eager", "compiled"):
-            layer = BatchNorm(momentum=momentum, dtype=dtype)
+            layer = BatchNorm(momentum=momentum, dtype=dtype, fused=fused)
             layer.build(x.shape)
             layer.set_weights([data[name + "/" + w] for w in ("gamma", "beta", "mean", "var")])
             y = layer(x, training=True) if mode == "eager" else compiled(layer, x)
@@ -272,9 +308,14 @@ _BATCH_NORM_CASES = {
 }
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-def test_batch_norm_training_averages_the_unbiased_variance_like_tf1(backend, tmp_path):
-    """Eager and compiled, float32 and mixed precision, on each backend, against NumPy."""
+@pytest.mark.parametrize(
+    "backend,fused",
+    [("tensorflow", None), ("tensorflow", False), ("jax", None)],
+    ids=["tensorflow-fused_kernel", "tensorflow-keras_ops", "jax"],
+)
+def test_batch_norm_training_averages_the_unbiased_variance_like_tf1(backend, fused, tmp_path):
+    """Eager and compiled, float32 and mixed precision, on each backend and kernel, against
+    NumPy."""
     import ml_dtypes
 
     rng = np.random.default_rng(9)
@@ -299,7 +340,8 @@ def test_batch_norm_training_averages_the_unbiased_variance_like_tf1(backend, tm
         )
     np.savez(tmp_path / "inputs.npz", **arrays)
     output = tmp_path / "outputs.npz"
-    run_python(_BATCH_NORM_SCRIPT, [json.dumps(cases), output, tmp_path / "inputs.npz"], backend)
+    arguments = [json.dumps(cases), output, tmp_path / "inputs.npz", json.dumps(fused)]
+    run_python(_BATCH_NORM_SCRIPT, arguments, backend)
     results = np.load(output)
     for name, (_, _, policy, tolerance, statistics_tolerance) in _BATCH_NORM_CASES.items():
         outputs, moving_mean, moving_variance = expected[name]
@@ -447,10 +489,118 @@ def test_batch_norm_without_batch_statistics_keeps_moving_stats_in_training():
 
 
 def test_batch_norm_config_round_trip_keeps_flag_and_epsilon():
-    layer = BatchNorm(use_batch_statistics=False, momentum=0.9997)
-    clone = BatchNorm.from_config(layer.get_config())
-    assert clone.use_batch_statistics is False
+    rng = np.random.default_rng(9)
+    layer, _ = _random_batch_norm(rng, 3, use_batch_statistics=False, momentum=0.9997, fused=False)
+    x = rng.normal(size=(2, 4, 5, 3)).astype("float32")
+    clone = assert_config_round_trip(layer, x)
+    assert clone.use_batch_statistics is False and clone.fused is False
     assert clone.epsilon == 1e-5 and clone.momentum == 0.9997
+
+
+# --- BatchNorm: TensorFlow's fused kernel and the keras.ops path ---------------------
+
+
+def _fused_kernel_calls(layer, x, training, mask=None):
+    """How many FusedBatchNormV3 ops the layer's traced call holds."""
+    graph = (
+        tf.function(lambda x: layer(x, training=training, mask=mask))
+        .get_concrete_function(tf.TensorSpec(x.shape, x.dtype))
+        .graph
+    )
+    return sum(op.type == "FusedBatchNormV3" for op in graph.get_operations())
+
+
+def _run_batch_norm(layer, x, training, seed):
+    """(outputs, moving mean, moving variance, d/dx, d/dgamma, d/dbeta) of one call."""
+    x = tf.constant(x)
+    # Random output weights: the sum of squares of a normalised map barely depends on x.
+    weights = np.random.default_rng(seed).normal(size=x.shape).astype("float32")
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=training)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * weights)
+    gradients = tape.gradient(loss, [x, layer.gamma.value, layer.beta.value])
+    moving = [layer.moving_mean.numpy(), layer.moving_variance.numpy()]
+    return [np.asarray(tf.cast(y, tf.float32)), *moving] + [
+        np.asarray(tf.cast(g, tf.float32)) for g in gradients
+    ]
+
+
+# policy: (tolerance of the outputs and gradients, of the moving statistics).
+_KERNEL_TOLERANCES = {
+    "float32": (1e-4, 1e-6),
+    "mixed_float16": (2e-3, 1e-6),
+    "mixed_bfloat16": (2e-2, 1e-6),
+}
+
+
+@pytest.mark.parametrize("policy", list(_KERNEL_TOLERANCES))
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize(
+    "shape", [(4, 6, 5, 3), (8, 1, 1, 3), (1, 1, 1, 3)], ids=["conv", "image_pooling", "n=1"]
+)
+def test_batch_norm_fused_kernel_computes_what_keras_ops_computes(policy, training, shape):
+    """Outputs, moving statistics and gradients (x, gamma, beta) agree; only `fused=None`
+    runs TensorFlow's kernel, in training and in inference."""
+    rng = np.random.default_rng(len(shape) + shape[0])
+    x = rng.normal(2.0, 3.0, size=shape).astype("float32")
+    weights = [
+        rng.uniform(0.5, 1.5, 3),
+        rng.normal(size=3),
+        rng.normal(size=3),
+        rng.uniform(0.5, 2.0, 3),
+    ]
+    results = {}
+    for fused in (None, False):
+        layer = BatchNorm(momentum=0.9, fused=fused, dtype=policy)
+        layer.build(shape)
+        layer.set_weights([w.astype("float32") for w in weights])
+        assert _fused_kernel_calls(layer, x, training) == (1 if fused is None else 0)
+        results[fused] = _run_batch_norm(layer, x, training, seed=1)
+    tolerance, statistics_tolerance = _KERNEL_TOLERANCES[policy]
+    names = ["outputs", "moving_mean", "moving_variance", "d_x", "d_gamma", "d_beta"]
+    for name, fused, plain in zip(names, results[None], results[False], strict=True):
+        atol = statistics_tolerance if name.startswith("moving") else tolerance
+        scale = max(1.0, float(np.abs(plain).max()))
+        np.testing.assert_allclose(fused, plain, rtol=0, atol=atol * scale, err_msg=name)
+    if training:  # The moving statistics moved, and by the same amount.
+        assert not np.allclose(results[None][2], weights[3].astype("float32"))
+
+
+def test_batch_norm_runs_keras_ops_where_the_fused_kernel_does_not_apply():
+    rng = np.random.default_rng(13)
+    # Not 4D; float64; with a mask (inference).
+    for x, mask in [
+        (rng.normal(size=(6, 3)).astype("float32"), None),
+        (rng.normal(size=(2, 5, 3)).astype("float32"), None),
+        (rng.normal(size=(2, 4, 4, 3)).astype("float64"), None),
+        (rng.normal(size=(2, 4, 4, 3)).astype("float32"), np.ones((2, 4, 4), bool)),
+    ]:
+        layer = BatchNorm(dtype=x.dtype)
+        for training in (True, False) if mask is None else (False,):
+            assert _fused_kernel_calls(layer, x, training, mask) == 0, (x.shape, x.dtype)
+    # Synchronised statistics in training; inference still runs the kernel.
+    synchronized = BatchNorm(synchronized=True)
+    x = rng.normal(size=(2, 4, 4, 3)).astype("float32")
+    assert _fused_kernel_calls(synchronized, x, training=True) == 0
+    assert _fused_kernel_calls(synchronized, x, training=False) == 1
+    # Moving statistics in training (`use_batch_statistics=False`): the inference kernel.
+    frozen = BatchNorm(use_batch_statistics=False)
+    assert _fused_kernel_calls(frozen, x, training=True) == 1
+
+
+def test_batch_norm_fused_true_rejects_what_the_kernel_cannot_run(monkeypatch):
+    with pytest.raises(ValueError, match=r"synchronized=True.*Received: fused=True"):
+        BatchNorm(fused=True, synchronized=True)
+    with pytest.raises(ValueError, match=r"Expected one of .*Received: fused='yes'"):
+        BatchNorm(fused="yes")
+    layer = BatchNorm(fused=True)
+    with pytest.raises(ValueError, match=r"needs 4D channels-last inputs.*shape=\(6, 3\)"):
+        layer(np.ones((6, 3), "float32"), training=True)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(ValueError, match=r"on the jax backend.*Received: fused=True"):
+        BatchNorm(fused=True)
+    assert BatchNorm().fused is None  # Auto: keras.ops on JAX, no error.
 
 
 @pytest.mark.parametrize("kernel_size", [1, 3, 5])
@@ -477,9 +627,9 @@ def test_atrous_conv2d_equals_dilated_conv_and_its_gradients(kernel_size, rate):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"filters": 0}, "Received filters=0"),
-        ({"filters": 4, "kernel_size": 2}, "Received kernel_size=2"),
-        ({"filters": 4, "dilation_rate": 0}, "Received dilation_rate=0"),
+        ({"filters": 0}, "Received: filters=0"),
+        ({"filters": 4, "kernel_size": 2}, "Received: kernel_size=2"),
+        ({"filters": 4, "dilation_rate": 0}, "Received: dilation_rate=0"),
     ],
 )
 def test_atrous_conv2d_rejects_invalid_arguments(kwargs, match):
@@ -487,12 +637,28 @@ def test_atrous_conv2d_rejects_invalid_arguments(kwargs, match):
         AtrousConv2D(**kwargs)
 
 
+def test_atrous_conv2d_with_bias_equals_a_biased_dilated_conv():
+    rng = np.random.default_rng(15)
+    x = rng.normal(size=(2, 7, 9, 3)).astype("float32")
+    layer = AtrousConv2D(4, 3, dilation_rate=2, use_bias=True)
+    layer.build(x.shape)
+    kernel = rng.normal(size=(3, 3, 3, 4)).astype("float32")
+    bias = rng.normal(size=4).astype("float32")
+    layer.set_weights([kernel, bias])
+    expected = tf.nn.conv2d(x, kernel, 1, "SAME", dilations=2).numpy() + bias
+    np.testing.assert_allclose(np.asarray(layer(x)), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_atrous_conv2d_config_round_trip():
-    layer = AtrousConv2D(4, 3, dilation_rate=6, name="a.b")
-    restored = AtrousConv2D.from_config(layer.get_config())
+    x = np.random.default_rng(10).normal(size=(1, 9, 8, 2)).astype("float32")
+    layer = AtrousConv2D(4, 3, dilation_rate=6, use_bias=True, name="a.b")
+    layer(x)
+    layer.bias.assign(np.arange(4, dtype="float32"))
+    restored = assert_config_round_trip(layer, x)
     assert (restored.filters, restored.kernel_size, restored.dilation_rate, restored.name) == (
         4,
         3,
         6,
         "a.b",
     )
+    assert restored.use_bias

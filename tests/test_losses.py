@@ -2,13 +2,11 @@
 
 import json
 import textwrap
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf1_losses
 from helpers import run_python
 
 from tf_pacseg.model.losses import (
@@ -17,8 +15,8 @@ from tf_pacseg.model.losses import (
     boundary_aware_weights,
     l2_regularization,
 )
+from tf_pacseg.testing import tf1_losses
 
-REPO = Path(__file__).resolve().parents[1]
 IGNORE = 255
 
 

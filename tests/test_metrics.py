@@ -2,7 +2,6 @@
 
 import json
 import textwrap
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -13,12 +12,17 @@ from helpers import run_python
 from tf_pacseg.inference.metrics import (
     ConfusionMatrix,
     confusion_matrix,
+    mean_dice,
     mean_iou,
+    mean_precision,
+    mean_recall,
+    per_class_dice,
     per_class_iou,
+    per_class_precision,
+    per_class_recall,
     pixel_accuracy,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 IGNORE = 255
 
 
@@ -106,6 +110,83 @@ def test_empty_matrix_scores_zero():
     assert pixel_accuracy(cm) == 0.0
     assert np.all(np.isnan(per_class_iou(cm)))
     assert float(ConfusionMatrix(num_classes=3).result()) == 0.0
+
+
+def _reference_scores(cm):
+    """(precision, recall, dice) per class, one class at a time from TP, FP and FN."""
+    scores = np.full((3, len(cm)), np.nan)
+    for c in range(len(cm)):
+        tp = cm[c, c]
+        fp, fn = cm[:, c].sum() - tp, cm[c].sum() - tp
+        if tp + fp + fn == 0:
+            continue  # Absent: NaN, as its IoU.
+        scores[0, c] = tp / (tp + fp) if tp + fp else 0.0
+        scores[1, c] = tp / (tp + fn) if tp + fn else 0.0
+        scores[2, c] = 2 * tp / (2 * tp + fp + fn)
+    return scores
+
+
+def _matrix_grid():
+    """Random matrices of 1..21 classes, some classes absent, only labelled or only predicted."""
+    for seed, num_classes in enumerate((1, 2, 3, 5, 8, 21)):
+        rng = np.random.default_rng(seed)
+        cm = rng.integers(0, 20, (num_classes, num_classes)) * (
+            rng.random((num_classes,) * 2) < 0.6
+        )
+        yield cm
+        if num_classes >= 3:
+            absent, only_labelled, only_predicted = rng.permutation(num_classes)[:3]
+            cm = cm.copy()
+            cm[absent], cm[:, absent] = 0, 0
+            cm[:, only_labelled] = 0
+            cm[only_labelled, (only_labelled + 1) % num_classes] = 4
+            cm[only_predicted] = 0
+            cm[(only_predicted + 1) % num_classes, only_predicted] = 3
+            yield cm
+    yield np.zeros((4, 4), np.int64)
+
+
+@pytest.mark.parametrize("cm", list(_matrix_grid()))
+def test_precision_recall_dice_match_numpy_reference(cm):
+    precision, recall, dice = per_class_precision(cm), per_class_recall(cm), per_class_dice(cm)
+    np.testing.assert_allclose(np.stack([precision, recall, dice]), _reference_scores(cm))
+    iou = per_class_iou(cm)
+    # The classes present are mIoU's: NaN exactly where IoU is NaN.
+    for scores in (precision, recall, dice):
+        np.testing.assert_array_equal(np.isnan(scores), np.isnan(iou))
+    # Dice is F1 (the harmonic mean of precision and recall) and 2 IoU / (1 + IoU).
+    both = precision + recall > 0
+    p, r = precision[both], recall[both]
+    np.testing.assert_allclose(dice[both], 2 * p * r / (p + r))
+    np.testing.assert_allclose(dice, 2 * iou / (1 + iou))
+    present = ~np.isnan(iou)
+    for mean, scores in ((mean_precision, precision), (mean_recall, recall), (mean_dice, dice)):
+        expected = scores[present].mean() if present.any() else 0.0
+        assert mean(cm) == pytest.approx(expected)
+
+
+def test_precision_recall_dice_of_a_known_matrix():
+    cm = np.array(
+        [
+            [3, 0, 1, 0],  # class 0: TP 3, FN 1, FP 2
+            [2, 4, 0, 0],  # class 1: TP 4, FN 2, FP 0
+            [0, 0, 0, 0],  # class 2: only predicted once: precision 0, recall 0
+            [0, 0, 0, 0],  # class 3: absent -> NaN, left out of the means
+        ]
+    )
+    np.testing.assert_allclose(per_class_precision(cm)[:3], [3 / 5, 4 / 4, 0.0])
+    np.testing.assert_allclose(per_class_recall(cm)[:3], [3 / 4, 4 / 6, 0.0])
+    np.testing.assert_allclose(per_class_dice(cm)[:3], [6 / 9, 8 / 10, 0.0])
+    assert np.isnan(per_class_dice(cm)[3])
+    assert mean_precision(cm) == pytest.approx((3 / 5 + 1.0 + 0.0) / 3)
+    assert mean_recall(cm) == pytest.approx((3 / 4 + 4 / 6 + 0.0) / 3)
+    assert mean_dice(cm) == pytest.approx((6 / 9 + 8 / 10 + 0.0) / 3)
+    # A class only labelled (never predicted) has precision 0 and recall 0 too.
+    labelled_only = np.array([[2, 1], [0, 0]])
+    np.testing.assert_allclose(per_class_precision(labelled_only), [1.0, 0.0])
+    np.testing.assert_allclose(per_class_recall(labelled_only), [2 / 3, 0.0])
+    with pytest.raises(ValueError, match=r"Received: cm.shape=\(3,\)"):
+        per_class_dice(np.zeros(3))
 
 
 def test_metric_accumulates_like_one_batch_and_takes_logits():

@@ -4,15 +4,16 @@ import sys
 
 import numpy as np
 import pytest
-import tf1_reference
-from helpers import TINY_ARCHITECTURE
+from helpers import REPO, TINY_ARCHITECTURE
 from PIL import Image
 
 from tf_pacseg import constants
-from tf_pacseg.inference import prediction
+from tf_pacseg.data import synthetic
+from tf_pacseg.inference import forward, prediction
+from tf_pacseg.inference.tiling import Tiling, tiled_labels, tiled_probabilities
+from tf_pacseg.testing import tf1_checkpoints
 from tf_pacseg.weights import saving
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHITECTURE = TINY_ARCHITECTURE
 # Inputs: (file name, PIL mode, height, width); odd and even sizes.
 INPUTS = (
@@ -62,7 +63,7 @@ def input_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     prefix = str(tmp_path_factory.mktemp("tf1") / "model.ckpt-7")
-    tf1_reference.write_reference_checkpoint(prefix, **ARCHITECTURE, seed=5)
+    tf1_checkpoints.write_reference_checkpoint(prefix, **ARCHITECTURE, seed=5)
     return prefix
 
 
@@ -85,7 +86,7 @@ def _rgb(input_dir, name):
 def reference(checkpoint, input_dir):
     """{stem: the ORIGINAL graph's logits [H, W, 21]}."""
     images = [_rgb(input_dir, name).astype(np.float32) for name, *_ in INPUTS]
-    logits = tf1_reference.reference_logits(checkpoint, images, **ARCHITECTURE)
+    logits = tf1_checkpoints.reference_logits(checkpoint, images, **ARCHITECTURE)
     stems = [os.path.splitext(name)[0] for name, *_ in INPUTS]
     return dict(zip(stems, logits, strict=True))
 
@@ -184,7 +185,9 @@ def test_unreadable_files_are_reported_and_skipped(model, input_dir, tmp_path):
 def test_output_dir_must_not_be_the_input_dir_or_inside_it(model, input_dir):
     before = _snapshot(input_dir)
     for output_dir in (input_dir, input_dir + "/", os.path.join(input_dir, "masks")):
-        with pytest.raises(ValueError, match="must not be the input folder"):
+        with pytest.raises(
+            ValueError, match="`output_dir`. Expected a folder outside the input folder"
+        ):
             prediction.predict_folder(model, input_dir, output_dir, verbose=0)
     assert _snapshot(input_dir) == before
 
@@ -207,3 +210,79 @@ def test_argument_errors(model, input_dir, tmp_path):
 def test_outputs_are_named_after_the_stem_unless_stems_collide():
     names = prediction.output_names(["d/a.jpg", "d/b.png", "d/A.png", "d/c.bmp"], ".png")
     assert names == ["a.jpg.png", "b.png", "A.png.png", "c.png"]
+
+
+def test_images_above_the_pixel_limit_are_refused_before_decoding(input_dir, monkeypatch):
+    path = os.path.join(input_dir, "rgb.png")  # 61x45 = 2745 pixels.
+    assert prediction.read_image(path, max_pixels=2745).shape == (45, 61, 3)
+    with pytest.raises(
+        ValueError,
+        match=f"cannot read image {path}: 61x45 = 2745 pixels is above the limit of 2744 "
+        r"pixels \(max_image_pixels",
+    ):
+        prediction.read_image(path, max_pixels=2744)
+    # Pillow's own guard, where it is the lower, names the file too.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ValueError, match=f"cannot read image {path}: .*exceeds limit of 2000"):
+        prediction.read_image(path)
+
+
+def test_large_overlays_are_blended_in_bands_exactly(monkeypatch):
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (45, 30, 3), np.uint8)
+    labels = rng.integers(0, 21, (45, 30))
+    expected = prediction.overlay_image(image, labels, 0.3)
+    monkeypatch.setattr(prediction, "_OVERLAY_ROWS", 7)
+    np.testing.assert_array_equal(prediction.overlay_image(image, labels, 0.3), expected)
+    colours = np.asarray(constants.VOC_PALETTE, np.float32)[labels]
+    blended = np.round(0.7 * image.astype(np.float32) + np.float32(0.3) * colours)
+    np.testing.assert_array_equal(expected, blended.astype(np.uint8))
+
+
+def test_script_slides_over_large_images_and_skips_those_above_the_limit(
+    checkpoint, model, tmp_path
+):
+    input_dir = tmp_path / "scans"
+    input_dir.mkdir()
+    large, _ = synthetic.make_sample(np.random.default_rng(3), 300, 420)
+    Image.fromarray(large).save(input_dir / "large.png")
+    small = large[:100, :120]
+    Image.fromarray(small).save(input_dir / "small.png")
+    Image.fromarray(np.zeros((400, 500, 3), np.uint8)).save(input_dir / "huge.png")
+    output_dir = tmp_path / "masks"
+    command = [
+        sys.executable,
+        os.path.join(REPO, "predict.py"),
+        f"--model_dir={checkpoint}",
+        f"--input_dir={input_dir}",
+        f"--output_dir={output_dir}",
+        "--output_format=index",
+        "--max_whole_pixels=20000",  # small: 12,000 pixels, whole; large: 126,000, tiled.
+        "--tile_size=129",
+        "--max_image_pixels=199999",  # huge: 200,000 pixels, refused.
+    ]
+    process = subprocess.run(command, capture_output=True, text=True, cwd=str(tmp_path))
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "Tiles for 420x300 image (126,000 pixels > max_whole_pixels=20,000): " in (
+        process.stderr
+    )
+    assert "Tiles for 120x100" not in process.stderr and "Traceback" not in process.stderr
+    assert (
+        f"cannot read image {input_dir / 'huge.png'}: 500x400 = 200000 pixels is above the "
+        "limit of 199999 pixels" in process.stdout
+    )
+    assert sorted(os.listdir(output_dir)) == ["large.png", "small.png"]
+    tiles = Tiling(mode="slide", tile_size=129)
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(output_dir / "large.png")), tiled_labels(model, large, tiles)
+    )
+    whole = forward.predict_labels(model, small[None].astype(np.float32))[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(output_dir / "small.png")), whole)
+
+
+def test_logits_of_tiled_images_are_their_mean_probabilities(model):
+    image, _ = synthetic.make_sample(np.random.default_rng(5), 80, 100)
+    tiles = Tiling(mode="slide", tile_size=49)
+    scores = prediction.predict_image(model, image, "logits", tiles)
+    np.testing.assert_array_equal(scores, tiled_probabilities(model, image, tiles))
+    np.testing.assert_allclose(scores.sum(-1), 1.0, atol=1e-5)

@@ -114,6 +114,36 @@ def test_shards_come_first_in_name_order_and_count_per_file(tmp_path):
     assert records.count_examples(files) == 3
 
 
+@pytest.mark.parametrize(
+    "num_examples, num_shards, counts", [(5, 3, [2, 2, 1]), (2, 5, [1, 0, 1, 0, 0])]
+)
+def test_write_shards_writes_contiguous_runs_in_name_order(
+    tmp_path, num_examples, num_shards, counts
+):
+    # Example i of n goes to shard i * num_shards // n; empty shards are written too.
+    examples = [f"example {i}".encode() for i in range(num_examples)]
+    paths, num_written = records.write_shards(
+        str(tmp_path), "train", examples, num_examples, num_shards
+    )
+    assert num_written == num_examples
+    assert [os.path.basename(p) for p in paths] == [
+        records.shard_file_name("train", i, num_shards) for i in range(num_shards)
+    ]
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(p) for p in paths]
+    assert [records.count_examples(p) for p in paths] == counts
+    written = [r.numpy() for r in tf.data.TFRecordDataset(paths)]
+    assert written == examples
+
+
+def test_write_shards_keeps_the_place_of_skipped_examples_and_removes_stale_shards(tmp_path):
+    records.write_shards(str(tmp_path), "val", [b"a", b"b", b"c"], 3, 3)
+    examples = [b"a", None, b"c", None]
+    paths, num_written = records.write_shards(str(tmp_path), "val", examples, 4, 2)
+    assert num_written == 2
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(p) for p in paths]
+    assert [[r.numpy() for r in tf.data.TFRecordDataset(p)] for p in paths] == [[b"a"], [b"c"]]
+
+
 def test_missing_records_and_bad_split_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"train-\*-of-\*\.tfrecord.*'voc_train\.record'"):
         records.find_record_files(os.fspath(tmp_path), "train")

@@ -71,27 +71,26 @@ def test_checkpoints_keep_the_input_position_and_older_ones_still_resume(tmp_pat
 
     from tf_pacseg import training
 
-    def checkpointer(model_dir):
+    def built_engine(model_dir):
         engine = training.create_engine(tiny_config("", str(model_dir)))
         engine.build()
-        return engine, engine.checkpointer
+        return engine
 
     # As written before the input position (and dropout's seed) were kept.
-    engine, _ = checkpointer(tmp_path / "old")
+    engine = built_engine(tmp_path / "old")
     tf.train.Checkpoint(model=engine.model, optimizer=engine.optimizer).save(
         str(tmp_path / "old" / "ckpt")
     )
-    _, restored = checkpointer(tmp_path / "old")
-    assert restored.restore_latest() is not None and restored.input_position is None
+    restored = built_engine(tmp_path / "old").restore()
+    assert restored is not None and restored.input_position is None
 
     # Without the optimizer's state: not resumable.
-    engine, _ = checkpointer(tmp_path / "partial")
+    engine = built_engine(tmp_path / "partial")
     tf.train.Checkpoint(model=engine.model).save(str(tmp_path / "partial" / "ckpt"))
-    _, restored = checkpointer(tmp_path / "partial")
     with pytest.raises(ValueError, match="Cannot resume from .*partial"):
-        restored.restore_latest()
+        built_engine(tmp_path / "partial").restore()
 
-    _, saver = checkpointer(tmp_path / "new")
-    saver.save(5, input_position=7)  # 7 batches read for 5 updates (float16 skips).
-    _, restored = checkpointer(tmp_path / "new")
-    assert restored.restore_latest().endswith("ckpt-5") and restored.input_position == 7
+    # 7 batches read for 5 updates (float16 skips).
+    assert built_engine(tmp_path / "new").save(5, input_position=7).endswith("ckpt-5")
+    restored = built_engine(tmp_path / "new").restore()
+    assert restored.path.endswith("ckpt-5") and restored.input_position == 7

@@ -1,4 +1,4 @@
-"""Loading TF1 checkpoints of the original network (tests/tf1_reference.py) into Keras."""
+"""Loading TF1 checkpoints of the original network (tf_pacseg.testing) into Keras."""
 
 import os
 import re
@@ -6,9 +6,9 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf1_reference
 
 from tf_pacseg import build_model
+from tf_pacseg.testing import tf1_checkpoints
 from tf_pacseg.weights.tf1_checkpoint import (
     CheckpointMismatchError,
     load_tf1_checkpoint,
@@ -77,7 +77,7 @@ def reference(tmp_path_factory):
         if key not in cache:
             directory = tmp_path_factory.mktemp("_".join(map(str, key)))
             prefix = os.fspath(directory / "model.ckpt-1234")
-            logits = tf1_reference.write_reference_checkpoint(
+            logits = tf1_checkpoints.write_reference_checkpoint(
                 prefix,
                 base_architecture,
                 head,
@@ -111,7 +111,7 @@ def imagenet_checkpoint(tmp_path_factory):
     def get(base_architecture):
         if base_architecture not in cache:
             prefix = os.fspath(tmp_path_factory.mktemp(base_architecture) / "model.ckpt")
-            tf1_reference.write_reference_checkpoint(
+            tf1_checkpoints.write_reference_checkpoint(
                 prefix, base_architecture, None, units_per_block=TINY, imagenet_style=True
             )
             cache[base_architecture] = prefix
@@ -161,7 +161,7 @@ def test_full_depth_resnet_v1_101_pac_reproduces_tf1_logits(tmp_path):
     """The released model's architecture at full depth, on a small odd x even image."""
     prefix = os.fspath(tmp_path / "model.ckpt-30000")
     images = _images((1, 33, 40, 3), 3)
-    expected = tf1_reference.write_reference_checkpoint(
+    expected = tf1_checkpoints.write_reference_checkpoint(
         prefix, "resnet_v1_101", "pac", images=images
     )
     architecture = read_architecture(prefix)

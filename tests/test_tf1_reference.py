@@ -1,9 +1,10 @@
-"""Sanity tests of tests/tf1_reference.py, the stand-in for the original TF1 graph."""
+"""Sanity tests of tf_pacseg.testing, the stand-in for the original TF1 graph and step."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf1_reference as ref
+
+from tf_pacseg.testing import tf1_checkpoints, tf1_network, tf1_training
 
 SMALL = (1, 1, 1, 1)
 
@@ -13,7 +14,7 @@ def _bn(prefix):
 
 
 def test_resnet_v1_101_pac_full_depth_names():
-    shapes = ref.reference_variable_shapes("resnet_v1_101", "pac", 16, 21)
+    shapes = tf1_checkpoints.reference_variable_shapes("resnet_v1_101", "pac", 16, 21)
     # root 3 x (weights + 4 BN) + 33 units x 3 convs x 5 + 4 shortcuts x 5
     # + PAC 4 x 5 + decoder 1
     assert len(shapes) == 15 + 33 * 15 + 4 * 5 + 20 + 1 == 551
@@ -40,7 +41,7 @@ def test_resnet_v1_101_pac_full_depth_names():
 
 def test_resnet_v2_101_names():
     # Reduced depth keeps every scope name; block3 has 2 units here.
-    shapes = ref.reference_variable_shapes(
+    shapes = tf1_checkpoints.reference_variable_shapes(
         "resnet_v2_101", "aspp", 16, 21, units_per_block=(1, 1, 2, 1)
     )
     # conv1 + 5 units x (preact 4 + conv1 5 + conv2 5 + conv3 2) + 4 shortcuts x 2
@@ -70,7 +71,9 @@ def test_resnet_v2_101_names():
 
 
 def test_aspp_rates_double_at_os8():
-    shapes = ref.reference_variable_shapes("resnet_v1_50", "aspp", 8, 21, units_per_block=SMALL)
+    shapes = tf1_checkpoints.reference_variable_shapes(
+        "resnet_v1_50", "aspp", 8, 21, units_per_block=SMALL
+    )
     assert {n.split("/")[2] for n in shapes if n.startswith("network/aspp/conv_3x3")} == {
         "conv_3x3_12",
         "conv_3x3_24",
@@ -82,7 +85,7 @@ def _static_end_points(arch, output_stride, size, units=SMALL):
     with tf.Graph().as_default():
         images = tf.compat.v1.placeholder(tf.float32, [1, size[0], size[1], 3])
         end_points = {}
-        logits = ref.build_reference_graph(
+        logits = tf1_network.build_reference_graph(
             images, arch, "pac", output_stride, 5, units_per_block=units, end_points=end_points
         )
         shapes = {k: v.shape.as_list() for k, v in end_points.items()}
@@ -103,11 +106,11 @@ def test_output_stride_feature_sizes(arch):
 
 
 def test_block_units_follow_the_original_layout():
-    blocks = ref.block_units("resnet_v1_101")
+    blocks = tf1_network.block_units("resnet_v1_101")
     assert [len(b[2]) for b in blocks] == [3, 4, 23, 3]
     assert blocks[0][2] == [(1, 1), (1, 1), (2, 1)]
     assert blocks[3][2] == [(1, 1), (1, 2), (1, 4)]
-    reduced = ref.block_units("resnet_v2_50", (2, 1, 1, 2))
+    reduced = tf1_network.block_units("resnet_v2_50", (2, 1, 1, 2))
     assert reduced[0][2] == [(1, 1), (2, 1)]
     assert reduced[1][2] == [(2, 1)]
     assert reduced[3][2] == [(1, 1), (1, 2)]
@@ -120,7 +123,7 @@ def test_checkpoint_round_trip_odd_and_even_sizes(tmp_path):
         rng.uniform(0, 255, (1, 32, 46, 3)).astype(np.float32),
     ]
     prefix = tmp_path / "ckpt" / "model.ckpt"
-    out = ref.write_reference_checkpoint(
+    out = tf1_checkpoints.write_reference_checkpoint(
         prefix, "resnet_v1_50", "pac", 16, 7, units_per_block=SMALL, seed=3, images=images
     )
     assert out[0].shape == (33, 33, 7)
@@ -129,12 +132,12 @@ def test_checkpoint_round_trip_odd_and_even_sizes(tmp_path):
     assert np.ptp(out[0]) > 0.1  # non-trivial weights give non-trivial logits
     assert (tmp_path / "ckpt" / "checkpoint").exists()
     assert (tmp_path / "ckpt" / "model.ckpt.index").exists()
-    again = ref.reference_logits(
+    again = tf1_checkpoints.reference_logits(
         tmp_path / "ckpt", images, "resnet_v1_50", "pac", 16, 7, units_per_block=SMALL
     )
     for a, b in zip(out, again, strict=True):
         np.testing.assert_array_equal(a, b)
-    names = dict(ref.list_checkpoint_variables(prefix))
+    names = dict(tf1_checkpoints.list_checkpoint_variables(prefix))
     assert names["network/conv2d/weights"] == [1, 1, 256, 7]
     reader = tf.train.load_checkpoint(str(prefix))
     gamma = reader.get_tensor("resnet_v1_50/conv1_1/BatchNorm/gamma")
@@ -147,10 +150,10 @@ def test_checkpoint_round_trip_odd_and_even_sizes(tmp_path):
 
 def test_estimator_extras(tmp_path):
     prefix = tmp_path / "model.ckpt-30000"
-    ref.write_reference_checkpoint(
+    tf1_checkpoints.write_reference_checkpoint(
         prefix, "resnet_v2_50", "pac", 16, 21, units_per_block=SMALL, estimator_extras=True
     )
-    names = dict(ref.list_checkpoint_variables(prefix))
+    names = dict(tf1_checkpoints.list_checkpoint_variables(prefix))
     assert names["global_step"] == []
     weights = [n for n in names if n.endswith("/weights")]
     for n in weights:
@@ -164,7 +167,7 @@ def test_estimator_extras(tmp_path):
     trained = [n for n in plain if not n.endswith(("moving_mean", "moving_variance"))]
     trained = [n for n in trained if "beta" not in n and "gamma" not in n]
     assert len(names) == len(plain) + len(trained) + 1
-    shapes = ref.reference_variable_shapes(
+    shapes = tf1_checkpoints.reference_variable_shapes(
         "resnet_v2_50",
         "pac",
         units_per_block=SMALL,
@@ -176,15 +179,15 @@ def test_estimator_extras(tmp_path):
 
 def test_imagenet_style_checkpoint(tmp_path):
     prefix = tmp_path / "model.ckpt"
-    ref.write_reference_checkpoint(
+    tf1_checkpoints.write_reference_checkpoint(
         prefix, "resnet_v1_50", "pac", units_per_block=SMALL, imagenet_style=True
     )
-    names = dict(ref.list_checkpoint_variables(prefix))
+    names = dict(tf1_checkpoints.list_checkpoint_variables(prefix))
     assert names["resnet_v1_50/logits/weights"] == [1, 1, 2048, 1001]
     assert names["resnet_v1_50/logits/biases"] == [1001]
     assert not any(n.startswith("network/") for n in names)
     assert all(n.startswith("resnet_v1_50/") for n in names)
-    v2 = ref.reference_variable_shapes(
+    v2 = tf1_checkpoints.reference_variable_shapes(
         "resnet_v2_50", "pac", units_per_block=SMALL, imagenet_style=True
     )
     assert v2["resnet_v2_50/conv1/biases"] == [64]  # slim's public v2 checkpoints have it
@@ -198,7 +201,7 @@ def test_training_graph_trains_the_originals_variables_and_updates_moving_statis
     with graph.as_default():
         images = tf.compat.v1.placeholder(tf.float32, [None, 33, 33, 3])
         labels = tf.compat.v1.placeholder(tf.int32, [None, 33, 33, 1])
-        step = ref.build_training_graph(
+        step = tf1_training.build_training_graph(
             images,
             labels,
             "resnet_v1_50",

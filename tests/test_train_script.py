@@ -10,10 +10,9 @@ import time
 
 import numpy as np
 import pytest
-from helpers import make_records
+from helpers import REPO, make_records
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_TRAIN = os.path.join(_REPO, "train.py")
+_TRAIN = os.path.join(REPO, "train.py")
 _TINY_FLAGS = [
     "--num_gpu=0",
     "--base_architecture=resnet_v1_50",
@@ -67,7 +66,7 @@ def records(tmp_path_factory):
 def _train(*flags, timeout=600):
     return subprocess.run(
         [sys.executable, _TRAIN, *flags],
-        cwd=_REPO,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -177,7 +176,7 @@ def test_sigterm_saves_then_a_restart_resumes_and_finishes(records, tmp_path):
     # A long run (25 epochs), stopped by SIGTERM once it trains.
     process = subprocess.Popen(
         [sys.executable, _TRAIN, *flags, "--train_epochs=25"],
-        cwd=_REPO,
+        cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -265,7 +264,7 @@ def test_jax_engine_trains_resumes_evaluates_and_exports(records, tmp_path):
     def train_jax(*extra):
         process = subprocess.run(
             [sys.executable, _TRAIN, *flags, *extra],
-            cwd=_REPO,
+            cwd=REPO,
             env=env,
             capture_output=True,
             text=True,

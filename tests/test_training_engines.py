@@ -8,7 +8,7 @@ global batch, as the TensorFlow step's on one device.
 One step is compared (a second would add the chaotic sensitivity of
 training-mode BatchNorm to a 4-image batch: 1e-5 on the inputs moves the
 second update by ~1%). Tolerances are measured as
-tests/test_training_equivalence.py measures them against the original: the
+tests/training/test_training_equivalence.py measures them against the original: the
 TensorFlow step is run again on images moved by
 N(0, 1e-5) (0..255 scale), and per kind of variable the JAX step's updates
 must stay within `K` times that noise floor plus two float32 units in the

@@ -1,6 +1,6 @@
 """One training step of the TensorFlow engine against the original's, from one TF1 checkpoint.
 
-The reference is tests/tf1_reference.py's `tf.compat.v1` training graph
+The reference is tf_pacseg.testing.tf1_training's `tf.compat.v1` training graph
 (fused BatchNorm and UPDATE_OPS, boundary-aware loss + slim L2, the original's
 trained variables, TF1 momentum on the poly schedule; dropout off on both
 sides). After one step every variable is compared (docs/design.md §1, §6):
@@ -26,11 +26,11 @@ import dataclasses
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf1_reference
 from helpers import TINY_ARCHITECTURE
 from jax_training import MOMENTUM_PREFIX, STEP_KEY, run_jax_steps
 
 from tf_pacseg.data import synthetic
+from tf_pacseg.testing import tf1_checkpoints, tf1_training
 from tf_pacseg.training import TrainConfig, TrainStep, build_optimizer, build_training_model
 from tf_pacseg.weights.saving import save_model_weights
 from tf_pacseg.weights.tf1_checkpoint import load_tf1_checkpoint, tf1_variable_map
@@ -81,8 +81,8 @@ def _synthetic_batch(seed):
 
 
 def reference_step(checkpoint, images, labels, config, **graph_options):
-    """The original's `STEPS` steps (tests/tf1_reference.py) as a `StepResult`."""
-    result = tf1_reference.reference_training_steps(
+    """The original's `STEPS` steps (tf_pacseg.testing.tf1_training) as a `StepResult`."""
+    result = tf1_training.reference_training_steps(
         checkpoint,
         images,
         labels,
@@ -223,9 +223,9 @@ def summary(result, reference, floor, losses_floor):
 def checkpoint(tmp_path_factory):
     """The reference network with random weights and BatchNorm statistics of real activations."""
     prefix = str(tmp_path_factory.mktemp("reference") / "model")
-    tf1_reference.write_reference_checkpoint(prefix, seed=0, **ARCHITECTURE)
+    tf1_checkpoints.write_reference_checkpoint(prefix, seed=0, **ARCHITECTURE)
     calibration_images, _ = _synthetic_batch(seed=2)
-    tf1_reference.calibrate_batch_norm(prefix, calibration_images, **ARCHITECTURE)
+    tf1_training.calibrate_batch_norm(prefix, calibration_images, **ARCHITECTURE)
     return prefix
 
 

@@ -12,7 +12,7 @@ from helpers import make_records
 from training_runs import Recorder, tiny_config, train_watched
 
 from tf_pacseg import training
-from tf_pacseg.data import input_pipeline, records
+from tf_pacseg.data import pipelines, records
 from tf_pacseg.training import components
 
 NUM_STEPS = 6
@@ -116,7 +116,7 @@ def test_float16_loss_scale_and_input_position_are_restored_on_resume(tmp_path, 
     assert result.interrupted is None
     assert resumed.restored == saved
     # The input goes on after the 3 batches read, not after the updates made.
-    dataset = input_pipeline.train_dataset(
+    dataset = pipelines.train_dataset(
         records.find_record_files(data_dir, "train"),
         config.batch_size,
         **components.train_input_arguments(config),

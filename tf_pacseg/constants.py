@@ -13,6 +13,9 @@ MEAN_RGB = (123.15, 115.90, 103.06)
 # about 1 GB of encoded bytes); lower it when memory is tight.
 DEFAULT_SHUFFLE_BUFFER = 10582
 
+# (height, width) of the training crops and the minimum padded evaluation size.
+CROP_SIZE = (513, 513)
+
 # The discrete random-scale set of the training augmentation (0.5, 0.75, ..., 2.0).
 MIN_SCALE = 0.5
 MAX_SCALE = 2.0
@@ -21,6 +24,34 @@ SCALE_STEP = 0.25
 BASE_ARCHITECTURES = ("resnet_v1_50", "resnet_v1_101", "resnet_v2_50", "resnet_v2_101")
 HEADS = ("pac", "aspp")
 OUTPUT_STRIDES = (8, 16)
+
+# Evaluation and prediction defaults, here so that the scripts import them
+# without importing TensorFlow.
+DEFAULT_EVAL_BATCH_SIZE = 4
+DEFAULT_EVAL_SCALES = (1.0,)
+OUTPUT_FORMATS = ("color", "index", "overlay", "logits")
+DEFAULT_OUTPUT_FORMAT = "color"
+DEFAULT_OVERLAY_OPACITY = 0.5
+
+# Large images (tf_pacseg.inference.tiling): "whole" runs the network on the
+# whole image, "slide" on overlapping tiles, "auto" slides above
+# DEFAULT_MAX_WHOLE_PIXELS.
+INFERENCE_MODES = ("whole", "slide", "auto")
+DEFAULT_INFERENCE_MODE = "auto"
+# Tiles of the training crop, so that the network (its image pooling above
+# all) sees the context it was trained on; by default they are placed every two
+# thirds of a tile (342 px for 513), overlapping by a third (171 px), so every
+# pixel near a tile's inner edge is also well inside another tile.
+DEFAULT_TILE_SIZE = CROP_SIZE[0]
+TILE_STRIDE_FRACTION = 2 / 3
+DEFAULT_TILE_BATCH_SIZE = 4
+# Whole-image inference of ResNet-50 + PAC takes ~0.45 GB per megapixel
+# (11.2 GB for 24 MP): 4 MP (~2 GB) fits a laptop and a 16 GB GPU, and
+# VOC's images (at most 500x500, padded to 513x513) always run whole.
+DEFAULT_MAX_WHOLE_PIXELS = 4_000_000
+# Images above this are refused (a decompression-bomb guard): Pillow's own
+# error threshold, 2 * PIL.Image.MAX_IMAGE_PIXELS.
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 
 # File name endings read as images, in any case, in order of preference.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")

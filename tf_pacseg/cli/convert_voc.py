@@ -5,11 +5,20 @@ the --data_dir of training and evaluation. Samples that cannot be converted
 are skipped with a warning and listed at the end (or, with --strict, stop the
 run).
 
+Your own dataset: labels drawn as colour masks are read with
+--label_colors=FILE (one `r,g,b` line per class, class 0 first, and
+`ignore: r,g,b` for colours to leave out), and --class_names=FILE (one name
+per line) is written beside the shards as class_names.txt.
+
 Usage:
 
   python data/convert_voc.py --data_dir=VOCdevkit/VOC2012 \
       --train_data_list=ImageSets/Segmentation/train_aug.txt \
       --valid_data_list=ImageSets/Segmentation/val.txt --output_path=dataset
+
+  python data/convert_voc.py --data_dir=my_data --label_data_dir=masks \
+      --num_classes=5 --label_colors=my_data/colors.txt \
+      --class_names=my_data/names.txt --output_path=my_dataset
 """
 
 import sys
@@ -17,7 +26,7 @@ import sys
 from absl import flags
 
 from tf_pacseg import cli, constants
-from tf_pacseg.data import voc
+from tf_pacseg.data import conversion
 
 flags.DEFINE_string(
     "data_dir", None, "The PASCAL VOC folder, e.g. VOCdevkit/VOC2012 (holds JPEGImages/)."
@@ -62,6 +71,22 @@ flags.DEFINE_integer(
 flags.DEFINE_boolean(
     "strict", False, "Stop at the first bad sample instead of skipping it with a warning."
 )
+flags.DEFINE_string(
+    "label_colors",
+    None,
+    "Read the labels as RGB colour masks: 'voc' for the VOC palette, or a file with one "
+    "'r,g,b' line per class in class order (the first is class 0), plus any number of "
+    "'ignore: r,g,b' lines for colours stored as --ignore_label; commas or spaces separate "
+    "the numbers, '#' starts a comment. A pixel of another colour, or a JPEG-compressed "
+    "mask, skips the sample. Default: labels hold class indices (or VOC palette colours).",
+)
+flags.DEFINE_string(
+    "class_names",
+    None,
+    "'voc', or a file with one class name per line in class order (--num_classes of "
+    "them), written beside the shards as class_names.txt for the later steps. Default: "
+    "none written.",
+)
 flags.DEFINE_integer(
     "num_workers",
     None,
@@ -76,7 +101,7 @@ FLAGS = flags.FLAGS
 
 def main():
     try:
-        summary = voc.convert_voc(
+        summary = conversion.convert_voc(
             FLAGS.data_dir,
             FLAGS.output_path,
             FLAGS.train_data_list,
@@ -88,6 +113,8 @@ def main():
             ignore_label=FLAGS.ignore_label,
             strict=FLAGS.strict,
             num_workers=FLAGS.num_workers,
+            label_colors=FLAGS.label_colors,
+            class_names=FLAGS.class_names,
         )
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"convert_voc.py: error: {error}")

@@ -54,8 +54,8 @@ _TRAIN_SETTINGS = dict(
 
 def main():
     from tf_pacseg import training
-    from tf_pacseg.data import synthetic, voc
-    from tf_pacseg.inference import evaluation, prediction
+    from tf_pacseg.data import conversion, synthetic
+    from tf_pacseg.inference import evaluation, prediction, report
     from tf_pacseg.weights import saving
 
     started = time.time()
@@ -67,7 +67,7 @@ def main():
     print("[1/5] writing the synthetic VOC-format dataset")
     synthetic.make_synthetic_voc(voc_dir, num_train=FLAGS.num_train, num_val=FLAGS.num_val)
     print("[2/5] converting it to TFRecords")
-    voc.convert_voc(
+    conversion.convert_voc(
         voc_dir,
         records_dir,
         "ImageSets/Segmentation/train.txt",
@@ -93,9 +93,9 @@ def main():
     print("[4/5] evaluating on the synthetic val split")
     model = saving.load_model(model_dir)
     result = evaluation.evaluate(model, data_dir=records_dir, batch_size=4, crop_size=(65, 65))
-    print(evaluation.format_result(result))
+    print(report.format_result(result))
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    evaluation.write_result_json(result, os.path.join(FLAGS.output_dir, "metrics.json"))
+    report.write_json(result, os.path.join(FLAGS.output_dir, "metrics.json"))
     print(f"[5/5] predicting colour masks into {FLAGS.output_dir}/")
     prediction.predict_folder(
         model, os.path.join(voc_dir, "JPEGImages"), FLAGS.output_dir, output_format="color"

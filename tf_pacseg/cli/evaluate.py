@@ -3,12 +3,14 @@ r"""Evaluates a segmentation model on PASCAL VOC val: IoU per class, mIoU, pixel
     python evaluate.py --model_dir=model --data_dir=dataset
     python evaluate.py --model_dir=model/model.ckpt-30000 \
         --image_data_dir=VOC2012/JPEGImages --label_data_dir=VOC2012/SegmentationClassAug \
-        --evaluation_data_list=dataset/val.txt --output_json=val.json
+        --evaluation_data_list=dataset/val.txt --output_json=val.json \
+        --per_image_json=val_images.json --confusion_png=val_confusion.png
 
 Each image is padded bottom/right to at least --input_height x --input_width
 with the mean pixel (labels with --ignore_label, which the metrics leave out)
-and evaluated at that size, as the original evaluated during training.
-Runs on either Keras backend (KERAS_BACKEND=tensorflow or jax).
+and evaluated at that size, as the original evaluated during training;
+padded images above --max_whole_pixels (4 MP: never VOC's) run as overlapping
+tiles (--inference_mode). Runs on either Keras backend (KERAS_BACKEND=tensorflow or jax).
 """
 
 import sys
@@ -16,9 +18,18 @@ import sys
 from absl import flags
 
 from tf_pacseg import cli, constants
-from tf_pacseg.cli.model_flags import define_model_flags, load_model_from_flags
+from tf_pacseg.cli.model_flags import (
+    class_names_from_flags,
+    define_class_names_flag,
+    define_inference_flags,
+    define_model_flags,
+    load_model_from_flags,
+    tiling_from_flags,
+)
 
 define_model_flags()
+define_inference_flags()
+define_class_names_flag()
 
 flags.DEFINE_string(
     "data_dir",
@@ -36,17 +47,27 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "evaluation_data_list", None, "List file of the image ids to evaluate, e.g. val.txt."
 )
-flags.DEFINE_integer("batch_size", 4, "Images per forward pass.", lower_bound=1)
 flags.DEFINE_integer(
-    "input_height", 513, "Images are padded to at least this height.", lower_bound=1
+    "batch_size", constants.DEFAULT_EVAL_BATCH_SIZE, "Images per forward pass.", lower_bound=1
 )
-flags.DEFINE_integer("input_width", 513, "Images are padded to at least this width.", lower_bound=1)
+flags.DEFINE_integer(
+    "input_height",
+    constants.CROP_SIZE[0],
+    "Images are padded to at least this height.",
+    lower_bound=1,
+)
+flags.DEFINE_integer(
+    "input_width",
+    constants.CROP_SIZE[1],
+    "Images are padded to at least this width.",
+    lower_bound=1,
+)
 flags.DEFINE_integer(
     "num_classes", None, "Number of classes; must match the model's (default: the model's)."
 )
 flags.DEFINE_list(
     "eval_scales",
-    ["1.0"],
+    [str(scale) for scale in constants.DEFAULT_EVAL_SCALES],
     "Comma-separated image scales; several average the softmax over scales, e.g. "
     "0.5,0.75,1.0,1.25,1.5,1.75.",
 )
@@ -59,25 +80,58 @@ flags.DEFINE_integer(
     upper_bound=255,
 )
 flags.DEFINE_string("output_json", None, "Also write the results (and confusion matrix) here.")
+flags.DEFINE_string(
+    "per_image_json",
+    None,
+    "Also write each image's id (folders) or index (records), mIoU and pixel accuracy "
+    "here, worst first.",
+)
+flags.DEFINE_string(
+    "confusion_png",
+    None,
+    "Also draw the confusion matrix here, each row normalised (the share of the class's "
+    "labelled pixels predicted as each class).",
+)
 flags.mark_flag_as_required("model_dir")
 FLAGS = flags.FLAGS
 
 
+def _write_reports(result, image_matrices, names):
+    """The files the flags ask for, besides the table."""
+    from tf_pacseg.data import voc
+    from tf_pacseg.inference import report
+
+    if FLAGS.output_json:
+        report.write_json(result, FLAGS.output_json)
+        print(f"wrote {FLAGS.output_json}")
+    if FLAGS.per_image_json:
+        matrices = [image_matrices[index] for index in range(len(image_matrices))]
+        ids = voc.read_id_list(FLAGS.evaluation_data_list) if FLAGS.data_dir is None else None
+        report.write_json(report.per_image_results(matrices, ids), FLAGS.per_image_json)
+        print(f"wrote {FLAGS.per_image_json}")
+    if FLAGS.confusion_png:
+        report.write_confusion_png(result["confusion_matrix"], names, FLAGS.confusion_png)
+        print(f"wrote {FLAGS.confusion_png}")
+
+
 def main():
-    from tf_pacseg.inference import evaluation
+    from tf_pacseg.inference import evaluation, report
 
     try:
         scales = [float(s) for s in FLAGS.eval_scales]
     except ValueError:
         sys.exit(f"evaluate.py: --eval_scales must be numbers; got {FLAGS.eval_scales}.")
     try:
-        evaluation.check_sources(  # Before the slow load.
+        tiling = tiling_from_flags()  # Before the slow load, as the sources' check.
+        evaluation.check_sources(
             FLAGS.data_dir,
             FLAGS.image_data_dir,
             FLAGS.label_data_dir,
             FLAGS.evaluation_data_list,
         )
         model = load_model_from_flags()
+        names = class_names_from_flags(model.num_classes, FLAGS.data_dir)
+        image_matrices = {}  # {index: confusion matrix} of each image.
         result = evaluation.evaluate(
             model,
             data_dir=FLAGS.data_dir,
@@ -90,13 +144,14 @@ def main():
             eval_scales=scales,
             add_flipped_images=FLAGS.add_flipped_images,
             ignore_label=FLAGS.ignore_label,
+            tiling=tiling,
+            class_names=names,
+            on_image=image_matrices.__setitem__ if FLAGS.per_image_json else None,
         )
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"evaluate.py: {error}")
-    print(evaluation.format_result(result))
-    if FLAGS.output_json:
-        evaluation.write_result_json(result, FLAGS.output_json)
-        print(f"wrote {FLAGS.output_json}")
+    print(report.format_result(result))
+    _write_reports(result, image_matrices, names)
 
 
 def run():

@@ -1,4 +1,4 @@
-"""The absl flags that pick a trained model, shared by evaluate.py and predict.py."""
+"""The absl flags that pick a trained model and how it runs: shared by evaluate and predict."""
 
 from absl import flags
 
@@ -46,7 +46,109 @@ def architecture_overrides():
     return overrides
 
 
+def define_inference_flags():
+    """Defines --inference_mode, --tile_{size,stride,batch_size} and --max_whole_pixels."""
+    flags.DEFINE_enum(
+        "inference_mode",
+        constants.DEFAULT_INFERENCE_MODE,
+        list(constants.INFERENCE_MODES),
+        "whole: run the network on each whole image; slide: on overlapping tiles, their "
+        "softmax probabilities averaged, with memory bounded by the tile batch instead of "
+        "the image; auto: slide for images of more than --max_whole_pixels pixels.",
+    )
+    flags.DEFINE_integer(
+        "tile_size",
+        constants.DEFAULT_TILE_SIZE,
+        "Side of the square tiles (default: the training crop).",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "tile_stride",
+        None,
+        "Pixels between neighbouring tiles, at most --tile_size (default: two thirds of "
+        "it, 342 for 513: tiles overlap by a third).",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "tile_batch_size",
+        constants.DEFAULT_TILE_BATCH_SIZE,
+        "Tiles per forward pass.",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "max_whole_pixels",
+        constants.DEFAULT_MAX_WHOLE_PIXELS,
+        "With --inference_mode=auto, images of more pixels (height x width, after "
+        "evaluation's padding) run as tiles. Whole-image inference takes about 0.45 GB "
+        "per megapixel (ResNet-50).",
+        lower_bound=1,
+    )
+
+
+def tiling_from_flags():
+    """The inference flags' values as a `Tiling` (raises ValueError on bad combinations)."""
+    from tf_pacseg.inference.tiling import Tiling
+
+    values = flags.FLAGS
+    return Tiling(
+        mode=values.inference_mode,
+        tile_size=values.tile_size,
+        tile_stride=values.tile_stride,
+        tile_batch_size=values.tile_batch_size,
+        max_whole_pixels=values.max_whole_pixels,
+    )
+
+
 def load_model_from_flags():
     from tf_pacseg.weights import saving
 
     return saving.load_model(flags.FLAGS.model_dir, **architecture_overrides())
+
+
+def define_class_names_flag():
+    """Defines --class_names."""
+    flags.DEFINE_string(
+        "class_names",
+        None,
+        "What to call the classes: a file of names, one per line (line 1 names class 0), or "
+        "`voc` for VOC's 21 names. Default: the `class_names` in the model's .json, else the "
+        "class_names.txt beside the --data_dir records (evaluate.py), else VOC's names for "
+        "21 classes, else class_0, class_1, ...",
+    )
+
+
+def model_class_names(spec, model_path, num_classes, data_dir=None):
+    """The names of a model's classes (see --class_names).
+
+    Args:
+        spec: str or None. A names file, `"voc"`, or `None` for the model's
+            stored names, else the names file beside `data_dir`'s records,
+            else `class_names.default_class_names`.
+        model_path: str. The model, as `saving.load_model` takes it.
+        num_classes: int. The classes the model predicts.
+        data_dir: str or None. The records folder, if any. Defaults to `None`.
+
+    Returns:
+        A tuple of `num_classes` names.
+
+    Raises:
+        ValueError: names that `saving.stored_class_names` or
+            `class_names.load_class_names` reject, such as a count of names
+            other than `num_classes` (naming both counts).
+    """
+    from tf_pacseg.data import class_names
+    from tf_pacseg.weights import saving
+
+    if spec is None:
+        stored = saving.stored_class_names(model_path)  # Checked against its architecture.
+        if stored is not None:
+            return stored
+        if data_dir is not None:
+            spec = class_names.find_class_names_file(data_dir)
+    return class_names.load_class_names(spec, num_classes)
+
+
+def class_names_from_flags(num_classes, data_dir=None):
+    """`model_class_names` of --class_names and --model_dir."""
+    values = flags.FLAGS
+    return model_class_names(values.class_names, values.model_dir, num_classes, data_dir)

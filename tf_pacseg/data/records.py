@@ -6,12 +6,15 @@ Keys and formats are those of the original converter, so its
 """
 
 import glob
+import itertools
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
-from tf_pacseg import constants
+from tf_pacseg import checks, constants, files
 
 SPLITS = ("train", "val")
 
@@ -30,11 +33,7 @@ def find_record_files(data_dir, split):
     Raises:
         FileNotFoundError: naming the directory and the file names looked for.
     """
-    if split not in SPLITS:
-        raise ValueError(
-            f"Invalid value for argument `split`. Expected one of {SPLITS}. "
-            f"Received: split={split!r}"
-        )
+    checks.one_of("split", split, SPLITS)
     shards = sorted(glob.glob(os.path.join(data_dir, f"{split}-*-of-*.tfrecord")))
     if shards:
         return shards
@@ -45,6 +44,64 @@ def find_record_files(data_dir, split):
         f"No {split} records in {data_dir!r}: expected {split}-*-of-*.tfrecord shards "
         f"(written by data/convert_voc.py) or {_LEGACY_FILE_NAMES[split]!r}."
     )
+
+
+def write_shards(output_path, split, examples, num_examples, num_shards):
+    """Writes serialized examples to the `num_shards` shard files of `split`, in order.
+
+    Example `index` goes to shard `index * num_shards // num_examples`: each
+    shard holds a contiguous run, so reading the shards in name order gives
+    the examples' order; shards past the last example are written empty.
+    Every shard is written under a temporary name and all are renamed only
+    once all are written: an interrupted run leaves no file that looks
+    finished. Shards of `split` with another shard count, left by an earlier
+    run, are then deleted.
+
+    Args:
+        output_path: str. The folder (created if needed).
+        split: str. Names the shards (`shard_file_name`).
+        examples: iterable of `num_examples` serialized examples, with `None`
+            for a skipped sample (it keeps its place in the runs).
+        num_examples: int.
+        num_shards: int.
+
+    Returns:
+        (the shard paths, the number of examples written).
+    """
+    os.makedirs(output_path, exist_ok=True)
+    paths = [
+        os.path.join(output_path, shard_file_name(split, i, num_shards)) for i in range(num_shards)
+    ]
+    temporary = [files.temporary_path(p) for p in paths]
+    # starts[shard] = ceil(shard * num_examples / num_shards), the shard's first index.
+    starts = [-(-shard * num_examples // num_shards) for shard in range(num_shards + 1)]
+    examples = iter(examples)
+    num_written = 0
+    try:
+        for path, start, stop in zip(temporary, starts[:-1], starts[1:], strict=True):
+            with tf.io.TFRecordWriter(path) as writer:
+                for example in itertools.islice(examples, stop - start):
+                    if example is not None:
+                        writer.write(example)
+                        num_written += 1
+        for tmp, path in zip(temporary, paths, strict=True):
+            os.replace(tmp, path)
+    finally:
+        for tmp in temporary:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    _remove_stale_shards(output_path, split, num_shards)
+    return paths, num_written
+
+
+def _remove_stale_shards(output_path, split, num_shards):
+    """Deletes shards of `split` left by an earlier run with another shard count."""
+    pattern = re.compile(rf"{re.escape(split)}-\d{{5}}-of-(\d{{5}})\.tfrecord")
+    for name in sorted(os.listdir(output_path)):
+        match = pattern.fullmatch(name)
+        if match and int(match.group(1)) != num_shards:
+            logging.info("Removing %s, a shard of an earlier conversion.", name)
+            os.remove(os.path.join(output_path, name))
 
 
 def count_examples(files):

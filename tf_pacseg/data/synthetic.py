@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from tf_pacseg import constants
+from tf_pacseg import checks, constants
 
 # Strong, far-apart colours for the first foreground classes (RGB).
 _BASE_COLOURS = ((220, 30, 30), (30, 180, 40), (40, 70, 230), (240, 210, 20))
@@ -149,21 +149,17 @@ def make_synthetic_voc(
         `{"train": ids, "val": ids}`.
     """
     if num_classes < 2:
-        raise ValueError(
-            "Invalid value for argument `num_classes`. Expected at least 2 (background and "
-            f"one object class). Received: num_classes={num_classes}"
+        raise checks.invalid(
+            "num_classes", "at least 2 (background and one object class)", num_classes
         )
     if not 20 <= min_size <= max_size:
-        raise ValueError(
-            "Invalid values for arguments `min_size` and `max_size`. Expected "
-            f"20 <= min_size <= max_size. Received: min_size={min_size}, max_size={max_size}"
+        raise checks.invalid(
+            "min_size",
+            "20 <= min_size <= max_size",
+            received=f"min_size={min_size}, max_size={max_size}",
         )
-    for name, count in (("num_train", num_train), ("num_val", num_val)):
-        if count < 0:
-            raise ValueError(
-                f"Invalid value for argument `{name}`. Expected a non-negative integer. "
-                f"Received: {name}={count}"
-            )
+    checks.non_negative_int("num_train", num_train)
+    checks.non_negative_int("num_val", num_val)
     num_foreground = min(num_foreground_classes, num_classes - 1)
     folders = {
         name: os.path.join(output_dir, name)

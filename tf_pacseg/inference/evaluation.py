@@ -19,48 +19,40 @@ at most 500x500 every image is 513x513), so an image's prediction does not
 depend on its batch mates. A folder is read by the converter's reader
 (`voc.load_sample`) and each sample is encoded as a record, so records and
 folders go through the same parsing, checks, padding and batching
-(`input_pipeline.eval_batches`): the same data gives the same confusion
+(`pipelines.eval_batches`): the same data gives the same confusion
 matrix by construction.
 
 Optionally (DeepLab's multi-scale evaluation), the scores are averaged over
-resized and/or flipped copies of each image (`forward.scores`).
+resized and/or flipped copies of each image (`forward.scores`). Padded images
+above `tiling`'s pixel budget (4 MP by default: never VOC's) run as
+overlapping tiles (`tf_pacseg.inference.tiling`).
 
 Example:
 
 ```python
 model = saving.load_model("model")
 result = evaluate(model, data_dir="dataset")
-print(format_result(result))
+print(report.format_result(result))
 ```
 """
 
 import concurrent.futures
-import json
-import math
 import os
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 from keras import ops
 
 from tf_pacseg import checks, constants
-from tf_pacseg.data import input_pipeline, records, voc
-from tf_pacseg.files import atomic_write
-from tf_pacseg.inference import forward, metrics
+from tf_pacseg.data import label_png, pipelines, records, voc
+from tf_pacseg.inference import forward, metrics, report
+from tf_pacseg.inference.tiling import Tiling, tiled_labels
 
-DEFAULT_CROP_SIZE = (513, 513)
-DEFAULT_BATCH_SIZE = 4
 # Threads decoding folder images and labels ahead of the model.
 _NUM_LOADERS = 4
-
-
-def class_names(num_classes):
-    """VOC's class names for 21 classes, else `class_0`, `class_1`, ..."""
-    if num_classes == len(constants.VOC_CLASS_NAMES):
-        return constants.VOC_CLASS_NAMES
-    return tuple(f"class_{i}" for i in range(num_classes))
 
 
 def _model_num_classes(model):
@@ -146,9 +138,12 @@ def _folder_examples(
 
 
 def _batches(source, batch_size, crop_size, num_classes, ignore_label):
-    """Batches (images float32 [N, H, W, 3], labels int32 [N, H, W]) of one padded size."""
+    """Batches (images float32 [N, H, W, 3], labels int32 [N, H, W], example indices [N]).
+
+    A batch holds images of one padded size, so images can come out of order.
+    """
     num_examples, examples, where, errors = source
-    dataset = input_pipeline.eval_batches(
+    dataset = pipelines.eval_batches(
         examples, batch_size, crop_size=crop_size, ignore_label=ignore_label, include_sizes=True
     )
     iterator = iter(dataset)
@@ -167,83 +162,62 @@ def _batches(source, batch_size, crop_size, num_classes, ignore_label):
             raise ValueError(f"Cannot read {location}: {error.message}") from error
         images, labels, sizes = images.numpy(), labels.numpy()[..., 0], sizes.numpy()
         for i, (height, width) in enumerate(sizes):
-            voc.check_label_values(
+            label_png.check_label_values(
                 labels[i, :height, :width], num_classes, where(done + i), ignore_label
             )
-        done += len(sizes)
+        first, done = done, done + len(sizes)
         padded = np.maximum(sizes, np.asarray(crop_size))
         for group in _group_by_size(padded):
             height, width = padded[group[0]]
             # eval_batches pads a batch to its largest image: cropping an image
             # back to its own padded size leaves exactly the per-image padding.
-            yield images[group, :height, :width], labels[group, :height, :width]
+            indices = [first + i for i in group]
+            yield images[group, :height, :width], labels[group, :height, :width], indices
     if errors:
         raise errors[0]
 
 
-# ----------------------------------------------------------------------------
-# Results.
-# ----------------------------------------------------------------------------
+def _image_confusions(labels, predictions, num_classes, ignore_label):
+    """Each image's confusion matrix (int32 NumPy [C, C]) of a batch."""
+    predictions = ops.convert_to_numpy(predictions)
+    return [
+        ops.convert_to_numpy(metrics.confusion_matrix(y, p, num_classes, ignore_label))
+        for y, p in zip(labels, predictions, strict=True)
+    ]
 
 
-def result_from_confusion_matrix(confusion_matrix, num_images):
-    """The result dict of a confusion matrix (rows = ground truth, columns = prediction).
-
-    Returns:
-        dict with `miou`, `pixel_accuracy`, `per_class_iou` ({class name: IoU,
-        or None for a class neither labelled nor predicted}),
-        `confusion_matrix` (list of lists of ints) and `num_images`.
-    """
-    cm = np.asarray(confusion_matrix, np.int64)
-    names = class_names(cm.shape[0])
-    return {
-        "miou": metrics.mean_iou(cm),
-        "pixel_accuracy": metrics.pixel_accuracy(cm),
-        "per_class_iou": {
-            name: (None if math.isnan(iou) else float(iou))
-            for name, iou in zip(names, metrics.per_class_iou(cm), strict=True)
-        },
-        "confusion_matrix": cm.tolist(),
-        "num_images": int(num_images),
-    }
-
-
-def format_result(result):
-    """A printable report: IoU per class, mIoU, pixel accuracy."""
-    lines = ["Intersection over union per class:"]
-    width = max(len(name) for name in result["per_class_iou"])
-    for index, (name, iou) in enumerate(result["per_class_iou"].items()):
-        value = "   n/a (absent)" if iou is None else f"{iou:.4f} ({100 * iou:5.2f}%)"
-        lines.append(f"  {index:3d} {name:<{width}}  {value}")
-    lines.append(f"mean IoU:       {result['miou']:.4f} ({100 * result['miou']:.2f}%)")
-    accuracy = result["pixel_accuracy"]
-    lines.append(f"pixel accuracy: {accuracy:.4f} ({100 * accuracy:.2f}%)")
-    lines.append(f"images:         {result['num_images']}")
-    return "\n".join(lines)
-
-
-def write_result_json(result, path):
-    """Writes the result dict as JSON, atomically."""
-    with atomic_write(path, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
+def _predict_labels(model, images, indices, eval_scales, add_flipped_images, tiling):
+    """Class ids [N, H, W] of a batch of one padded size: whole, or each image as tiles."""
+    height, width = images.shape[1:3]
+    if not tiling.slides(height, width):
+        return forward.predict_labels(model, images, eval_scales, add_flipped_images)
+    for index in indices:
+        logging.info("Tiles for image %d: %s", index, tiling.describe(height, width))
+    return np.stack(
+        [tiled_labels(model, image, tiling, eval_scales, add_flipped_images) for image in images]
+    ).astype(np.int32)
 
 
 def check_sources(data_dir, image_data_dir, label_data_dir, evaluation_data_list):
     """Raises unless exactly one data source is given: `data_dir`, or the three folder args."""
     folder_args = (image_data_dir, label_data_dir, evaluation_data_list)
+    received = (
+        f"data_dir={data_dir!r}, image_data_dir={image_data_dir!r}, "
+        f"label_data_dir={label_data_dir!r}, evaluation_data_list={evaluation_data_list!r}"
+    )
     if data_dir is not None and any(a is not None for a in folder_args):
-        raise ValueError(
-            "Give either `data_dir` (TFRecords) or `image_data_dir`, `label_data_dir` and "
-            f"`evaluation_data_list` (folders), not both. Received: data_dir={data_dir!r}, "
-            f"image_data_dir={image_data_dir!r}"
+        raise checks.invalid(
+            "data_dir",
+            "either `data_dir` (TFRecords) or `image_data_dir`, `label_data_dir` and "
+            "`evaluation_data_list` (folders), not both",
+            received=received,
         )
     if data_dir is None and not all(a is not None for a in folder_args):
-        raise ValueError(
-            "No evaluation data: give `data_dir` (TFRecords), or all of `image_data_dir`, "
-            "`label_data_dir` and `evaluation_data_list`. Received: "
-            f"data_dir={data_dir!r}, image_data_dir={image_data_dir!r}, "
-            f"label_data_dir={label_data_dir!r}, evaluation_data_list={evaluation_data_list!r}"
+        raise checks.invalid(
+            "data_dir",
+            "evaluation data: `data_dir` (TFRecords), or all of `image_data_dir`, "
+            "`label_data_dir` and `evaluation_data_list` (folders)",
+            received=received,
         )
 
 
@@ -253,12 +227,15 @@ def evaluate(
     image_data_dir=None,
     label_data_dir=None,
     evaluation_data_list=None,
-    batch_size=DEFAULT_BATCH_SIZE,
-    crop_size=DEFAULT_CROP_SIZE,
+    batch_size=constants.DEFAULT_EVAL_BATCH_SIZE,
+    crop_size=constants.CROP_SIZE,
     num_classes=None,
-    eval_scales=(1.0,),
+    eval_scales=constants.DEFAULT_EVAL_SCALES,
     add_flipped_images=False,
     ignore_label=constants.IGNORE_LABEL,
+    class_names=None,
+    on_image=None,
+    tiling=None,
     verbose=1,
 ):
     """Evaluates `model` on TFRecords or on image/label folders (see the module docstring).
@@ -286,10 +263,19 @@ def evaluate(
             Defaults to `False`.
         ignore_label: int in [0, 255]. Label of the pixels left out of the
             metrics, and of the label padding. Defaults to 255.
+        class_names: sequence of str, one per class, or None for
+            `class_names.default_class_names`. Defaults to `None`.
+        on_image: callable or None. Called as `on_image(index, cm)` with
+            each image's confusion matrix (int32 NumPy [C, C]) and its index
+            in list/record order; images of a batch that differ in padded
+            size may come out of order. Defaults to `None`.
+        tiling: `tiling.Tiling` or None. Whole padded images, or overlapping
+            tiles of them (by default above 4 MP, so never VOC's images).
+            Defaults to `None`: `Tiling()`.
         verbose: int. 1 shows a progress bar, 0 is silent. Defaults to 1.
 
     Returns:
-        The dict of `result_from_confusion_matrix`.
+        The dict of `report.result_from_confusion_matrix`.
 
     Raises:
         FileNotFoundError: missing folders, list, record or listed files.
@@ -300,12 +286,15 @@ def evaluate(
     crop_size = checks.size_2d("crop_size", crop_size)
     scales = checks.positive_numbers("eval_scales", eval_scales)
     checks.int_in_range("ignore_label", ignore_label, 0, 255)
+    tiling = Tiling() if tiling is None else tiling
     model_classes = _model_num_classes(model)
     if num_classes is not None and num_classes != model_classes:
-        raise ValueError(
-            f"Invalid value for argument `num_classes`: the model predicts {model_classes} "
-            f"classes. Received: num_classes={num_classes}"
+        raise checks.invalid(
+            "num_classes",
+            f"None or {model_classes} (the model predicts {model_classes} classes)",
+            num_classes,
         )
+    class_names = report.class_names_for(class_names, model_classes)
     check_sources(data_dir, image_data_dir, label_data_dir, evaluation_data_list)
     if data_dir is not None:
         source = _record_examples(data_dir)
@@ -319,11 +308,18 @@ def evaluate(
         source[0], verbose=verbose, unit_name="image", stateful_metrics=["images/s"]
     )
     done, start = 0, time.perf_counter()
-    for images, labels in _batches(source, batch_size, crop_size, model_classes, ignore_label):
-        predictions = forward.predict_labels(model, images, scales, add_flipped_images)
-        confusion = metrics.confusion_matrix(labels, predictions, model_classes, ignore_label)
-        total += ops.convert_to_numpy(confusion)
+    batches = _batches(source, batch_size, crop_size, model_classes, ignore_label)
+    for images, labels, indices in batches:
+        predictions = _predict_labels(model, images, indices, scales, add_flipped_images, tiling)
+        if on_image is None:
+            confusion = metrics.confusion_matrix(labels, predictions, model_classes, ignore_label)
+            total += ops.convert_to_numpy(confusion)
+        else:  # The images' matrices add up to the batch's.
+            confusions = _image_confusions(labels, predictions, model_classes, ignore_label)
+            for index, confusion in zip(indices, confusions, strict=True):
+                total += confusion
+                on_image(index, confusion)
         done += len(images)
         rate = done / max(time.perf_counter() - start, 1e-9)
         progbar.update(done, values=[("images/s", rate)])
-    return result_from_confusion_matrix(total, done)
+    return report.result_from_confusion_matrix(total, done, class_names)

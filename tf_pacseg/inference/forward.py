@@ -8,8 +8,10 @@ multi-scale evaluation) on copies resized by each of `eval_scales` to
 `(size - 1) * scale + 1` (bilinear with align_corners, so corner pixels stay
 aligned) and/or flipped left-right; each run's logits are flipped back,
 resized back to the input size and turned into probabilities, and the scores
-are their mean. The bookkeeping around the network is a handful of eager
-`keras.ops`, so the network is compiled once whatever the scales and flips.
+are their mean (`probabilities`). The bookkeeping around the network is a
+handful of eager `keras.ops`, so the network is compiled once whatever the
+scales and flips. Images too large to run whole run as overlapping tiles
+(`tf_pacseg.inference.tiling`), each tile through `probabilities`.
 
 Example:
 
@@ -102,8 +104,8 @@ def scaled_size(size, scale):
     return int(scaled) if scaled.ndim == 0 else tuple(int(s) for s in scaled)
 
 
-def scores(model, images, eval_scales=(1.0,), add_flipped_images=False):
-    """Per-pixel class scores of a batch: logits, or mean probabilities over scales/flips.
+def probabilities(model, images, eval_scales=(1.0,), add_flipped_images=False):
+    """Mean softmax probabilities of a batch over scales and flips (see the module docstring).
 
     Args:
         model: a Keras segmentation model (see `forward_fn`).
@@ -114,14 +116,11 @@ def scores(model, images, eval_scales=(1.0,), add_flipped_images=False):
             Defaults to `False`.
 
     Returns:
-        float32 [N, H, W, num_classes]: the logits for one scale of 1 without
-        flips, else the mean of the runs' softmax probabilities.
+        float32 [N, H, W, num_classes] (a backend tensor).
     """
     scales = checks.positive_numbers("eval_scales", eval_scales)
     forward = forward_fn(model)
     images = ops.convert_to_tensor(images, "float32")
-    if scales == (1.0,) and not add_flipped_images:
-        return forward(images)
     size = tuple(images.shape[1:3])  # (height, width)
     flips = (False, True) if add_flipped_images else (False,)
     total = 0.0
@@ -135,6 +134,27 @@ def scores(model, images, eval_scales=(1.0,), add_flipped_images=False):
                 logits = resize_bilinear(logits, size)
             total = total + ops.softmax(logits, axis=-1)
     return total / (len(scales) * len(flips))
+
+
+def scores(model, images, eval_scales=(1.0,), add_flipped_images=False):
+    """Per-pixel class scores of a batch: logits, or mean probabilities over scales/flips.
+
+    Args:
+        model: a Keras segmentation model (see `forward_fn`).
+        images: float32 [N, H, W, 3] in 0..255 (NumPy or backend tensor).
+        eval_scales: sequence of floats. Scales of the multi-scale evaluation;
+            `(1.0,)` is plain single-scale. Defaults to `(1.0,)`.
+        add_flipped_images: bool. Also average over left-right flips.
+            Defaults to `False`.
+
+    Returns:
+        float32 [N, H, W, num_classes]: the logits for one scale of 1 without
+        flips, else `probabilities`.
+    """
+    scales = checks.positive_numbers("eval_scales", eval_scales)
+    if scales == (1.0,) and not add_flipped_images:
+        return forward_fn(model)(ops.convert_to_tensor(images, "float32"))
+    return probabilities(model, images, scales, add_flipped_images)
 
 
 def predict_labels(model, images, eval_scales=(1.0,), add_flipped_images=False):

@@ -1,9 +1,16 @@
-"""Confusion matrix, IoU and pixel accuracy, as the original evaluates them.
+"""Confusion matrix, IoU and pixel accuracy as the original evaluates them; precision, recall, Dice.
 
 The confusion matrix counts pixels whose label is not `ignore_label`, rows =
 ground truth, columns = prediction. IoU_c = TP / (TP + FP + FN); mIoU is the
 mean over classes whose denominator is non-zero; pixel accuracy = trace / total
 (docs/design.md §7).
+
+A class is *present* when some pixel is labelled or predicted as it (its
+IoU denominator is non-zero). Precision_c = TP / (TP + FP), recall_c = TP /
+(TP + FN) and Dice_c (= F1_c) = 2 TP / (2 TP + FP + FN) are NaN for absent
+classes, like IoU; a present class whose own denominator is zero scores 0
+(only labelled: precision 0; only predicted: recall 0), as its IoU does.
+Their means, like mIoU, are over the present classes (0 if none).
 
 `confusion_matrix` and `ConfusionMatrix` are `keras.ops` (TensorFlow and JAX,
 inside `tf.function` / `jax.jit`); the functions of a finished matrix are NumPy.
@@ -13,15 +20,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from tf_pacseg import checks
 from tf_pacseg.constants import IGNORE_LABEL, NUM_CLASSES
-
-
-def _check_num_classes(num_classes):
-    if not isinstance(num_classes, int) or num_classes <= 0:
-        raise ValueError(
-            "Invalid value for argument `num_classes`. Expected a strictly "
-            f"positive integer. Received: num_classes={num_classes}"
-        )
 
 
 def _confusion_counts(labels, predictions, num_classes, ignore_label):
@@ -64,7 +64,7 @@ def confusion_matrix(labels, predictions, num_classes=NUM_CLASSES, ignore_label=
     >>> cm = confusion_matrix(labels, ops.argmax(logits, axis=-1))
     >>> mean_iou(ops.convert_to_numpy(cm))
     """
-    _check_num_classes(num_classes)
+    checks.positive_int("num_classes", num_classes)
     matrix, _ = _confusion_counts(labels, predictions, num_classes, ignore_label)
     return matrix
 
@@ -72,10 +72,7 @@ def confusion_matrix(labels, predictions, num_classes=NUM_CLASSES, ignore_label=
 def _as_square_matrix(cm):
     cm = np.asarray(cm, dtype=np.float64)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
-        raise ValueError(
-            "Invalid value for argument `cm`. Expected a square 2-D confusion "
-            f"matrix. Received: cm.shape={cm.shape}"
-        )
+        raise checks.invalid("cm", "a square 2-D confusion matrix", received=f"cm.shape={cm.shape}")
     return cm
 
 
@@ -95,11 +92,68 @@ def per_class_iou(cm):
         return np.where(denominator > 0, true_positives / denominator, np.nan)
 
 
+def _mean_over_present(values):
+    present = ~np.isnan(values)
+    return float(values[present].mean()) if present.any() else 0.0
+
+
 def mean_iou(cm):
     """Mean IoU over the classes with a non-zero denominator (0 if none), a float."""
-    iou = per_class_iou(cm)
-    present = ~np.isnan(iou)
-    return float(iou[present].mean()) if present.any() else 0.0
+    return _mean_over_present(per_class_iou(cm))
+
+
+def _present_ratio(cm, numerator, denominator):
+    """numerator / denominator; 0 where only that is 0, NaN for absent classes."""
+    present = cm.sum(axis=0) + cm.sum(axis=1) > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(denominator > 0, numerator / denominator, 0.0)
+    return np.where(present, ratio, np.nan)
+
+
+def per_class_precision(cm):
+    """TP / (TP + FP) of each class: NaN if absent, 0 if labelled but never predicted.
+
+    Args:
+        cm: array-like [C, C], rows = ground truth, columns = prediction.
+
+    Returns:
+        float64 NumPy array [C].
+    """
+    cm = _as_square_matrix(cm)
+    return _present_ratio(cm, np.diag(cm), cm.sum(axis=0))
+
+
+def per_class_recall(cm):
+    """TP / (TP + FN) of each class: NaN if absent, 0 if predicted but never labelled.
+
+    `cm` is as in `per_class_precision`; returns float64 [C].
+    """
+    cm = _as_square_matrix(cm)
+    return _present_ratio(cm, np.diag(cm), cm.sum(axis=1))
+
+
+def per_class_dice(cm):
+    """Dice (F1) of each class, 2 TP / (2 TP + FP + FN): NaN if absent.
+
+    `cm` is as in `per_class_precision`; returns float64 [C].
+    """
+    cm = _as_square_matrix(cm)
+    return _present_ratio(cm, 2 * np.diag(cm), cm.sum(axis=0) + cm.sum(axis=1))
+
+
+def mean_precision(cm):
+    """Mean precision over the present classes (0 if none), a float."""
+    return _mean_over_present(per_class_precision(cm))
+
+
+def mean_recall(cm):
+    """Mean recall over the present classes (0 if none), a float."""
+    return _mean_over_present(per_class_recall(cm))
+
+
+def mean_dice(cm):
+    """Mean Dice (F-score) over the present classes, as mIoU's (0 if none), a float."""
+    return _mean_over_present(per_class_dice(cm))
 
 
 def pixel_accuracy(cm):
@@ -146,7 +200,7 @@ class ConfusionMatrix(keras.metrics.Metric):
         name="mean_iou",
         dtype=None,
     ):
-        _check_num_classes(num_classes)
+        checks.positive_int("num_classes", num_classes)
         super().__init__(name=name, dtype=dtype)
         self.num_classes = num_classes
         self.ignore_label = ignore_label
@@ -171,9 +225,10 @@ class ConfusionMatrix(keras.metrics.Metric):
             sample_weight: unsupported; must be None.
         """
         if sample_weight is not None:
-            raise ValueError(
-                "ConfusionMatrix does not take a `sample_weight`; mark pixels to "
-                f"leave out with ignore_label. Received: sample_weight={sample_weight}"
+            raise checks.invalid(
+                "sample_weight",
+                "None: ConfusionMatrix weighs no pixel; mark pixels to leave out with ignore_label",
+                sample_weight,
             )
         y_pred = ops.convert_to_tensor(y_pred)
         if keras.backend.is_float_dtype(y_pred.dtype):

@@ -44,10 +44,7 @@ def unit_strides_and_rates(units_per_block, output_stride, multi_grid):
                 current_stride *= nominal_stride
         plan.append(block)
     if current_stride != output_stride:
-        raise ValueError(
-            f"Invalid value for argument `output_stride`. It cannot be reached with "
-            f"these blocks. Received: output_stride={output_stride}"
-        )
+        raise checks.invalid("output_stride", "a stride that these blocks reach", output_stride)
     return plan
 
 
@@ -78,6 +75,11 @@ class ResNetBackbone(keras.Model):
             Defaults to `True`.
         sync_batch_norm: bool. Synchronise batch statistics across replicas.
             Defaults to `False`.
+        fold_batch_norm: bool. Every conv -> BatchNorm pair is one conv with
+            a bias, for the inference network that
+            `tf_pacseg.model.folding.fold_batch_norms` fills; v2's `preact`
+            and `postnorm` BatchNorms, which follow no conv, stay. Defaults
+            to `False`.
     """
 
     def __init__(
@@ -90,26 +92,27 @@ class ResNetBackbone(keras.Model):
         batch_norm_decay=BACKBONE_BATCH_NORM_DECAY,
         fine_tune_batch_norm=True,
         sync_batch_norm=False,
+        fold_batch_norm=False,
         **kwargs,
     ):
         checks.one_of("base_architecture", base_architecture, constants.BASE_ARCHITECTURES)
         checks.one_of("output_stride", output_stride, constants.OUTPUT_STRIDES)
-        units = tuple(units_per_block or UNITS_PER_BLOCK[base_architecture])
-        if len(units) != 4 or any(n < 1 for n in units):
-            raise ValueError(
-                "Invalid value for argument `units_per_block`. Expected 4 positive "
-                f"integers. Received: units_per_block={units_per_block}"
-            )
-        multi_grid = tuple(multi_grid)
-        if len(multi_grid) < units[3] or any(g < 1 for g in multi_grid):
-            raise ValueError(
-                "Invalid value for argument `multi_grid`. Expected at least one positive "
-                f"rate per block4 unit ({units[3]}). Received: multi_grid={multi_grid}"
+        units_per_block = checks.units_per_block(units_per_block)
+        units = units_per_block or UNITS_PER_BLOCK[base_architecture]
+        multi_grid = checks.positive_ints("multi_grid", multi_grid)
+        if len(multi_grid) < units[3]:
+            raise checks.invalid(
+                "multi_grid", f"at least one rate per block4 unit ({units[3]})", multi_grid
             )
 
         version = base_architecture.split("_")[1]
         conv = ConvBlocks(
-            weight_decay, batch_norm_decay, fine_tune_batch_norm, sync_batch_norm, "he_normal"
+            weight_decay,
+            batch_norm_decay,
+            fine_tune_batch_norm,
+            sync_batch_norm,
+            "he_normal",
+            fold_batch_norm,
         )
         plan = unit_strides_and_rates(units, output_stride, multi_grid)
         scope = base_architecture
@@ -138,11 +141,12 @@ class ResNetBackbone(keras.Model):
         self.base_architecture = base_architecture
         self.output_stride = output_stride
         self.multi_grid = multi_grid
-        self.units_per_block = tuple(units_per_block) if units_per_block else None
+        self.units_per_block = units_per_block
         self.weight_decay = weight_decay
         self.batch_norm_decay = batch_norm_decay
         self.fine_tune_batch_norm = fine_tune_batch_norm
         self.sync_batch_norm = sync_batch_norm
+        self.fold_batch_norm = fold_batch_norm
 
     def get_config(self):
         return {
@@ -156,6 +160,7 @@ class ResNetBackbone(keras.Model):
             "batch_norm_decay": self.batch_norm_decay,
             "fine_tune_batch_norm": self.fine_tune_batch_norm,
             "sync_batch_norm": self.sync_batch_norm,
+            "fold_batch_norm": self.fold_batch_norm,
         }
 
     @classmethod

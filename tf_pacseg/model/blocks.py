@@ -2,7 +2,7 @@
 
 import keras
 
-from tf_pacseg.model.layers import AtrousConv2D, BatchNorm
+from tf_pacseg.model.layers import AtrousConv2D, BatchNorm, PyramidAtrousConv
 
 
 class ConvBlocks:
@@ -15,6 +15,10 @@ class ConvBlocks:
         fine_tune_batch_norm: bool. Whether training uses batch statistics.
         sync_batch_norm: bool. Whether batch statistics span all replicas.
         kernel_initializer: initializer of the conv kernels.
+        fold_batch_norm: bool. Build each conv -> BatchNorm pair as one conv
+            with a bias, into which `tf_pacseg.model.folding` folds the
+            BatchNorm (inference only); BatchNorms after no conv stay.
+            Defaults to `False`.
     """
 
     def __init__(
@@ -24,12 +28,14 @@ class ConvBlocks:
         fine_tune_batch_norm,
         sync_batch_norm,
         kernel_initializer,
+        fold_batch_norm=False,
     ):
         self.regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
         self.batch_norm_decay = batch_norm_decay
         self.fine_tune_batch_norm = fine_tune_batch_norm
         self.sync_batch_norm = sync_batch_norm
         self.kernel_initializer = kernel_initializer
+        self.fold_batch_norm = fold_batch_norm
 
     def batch_norm(self, x, name):
         return BatchNorm(
@@ -50,38 +56,40 @@ class ConvBlocks:
         batch_norm=True,
         activation="relu",
         use_bias=False,
+        pyramid_rates=None,
     ):
-        if rate > 1 and stride == 1 and not use_bias:
-            x = AtrousConv2D(
-                filters,
-                kernel_size,
-                dilation_rate=rate,
-                kernel_initializer=self.kernel_initializer,
-                kernel_regularizer=self.regularizer,
-                name=name,
-            )(x)
-        else:
-            padding = "same"
-            pad_total = kernel_size + (kernel_size - 1) * (rate - 1) - 1
-            if stride > 1 and pad_total:
-                # TF1-slim's conv2d_same: pad explicitly so that even-sized
-                # inputs align as in the released weights, then a VALID conv.
-                pad = (pad_total // 2, pad_total - pad_total // 2)
-                x = keras.layers.ZeroPadding2D((pad, pad), name=f"{name}.pad")(x)
-                padding = "valid"
-            x = keras.layers.Conv2D(
-                filters,
-                kernel_size,
-                strides=stride,
-                padding=padding,
-                dilation_rate=rate,
-                use_bias=use_bias,
-                kernel_initializer=self.kernel_initializer,
-                kernel_regularizer=self.regularizer,
-                name=name,
-            )(x)
-        if batch_norm:
+        """Conv `name` (`PyramidAtrousConv` at `pyramid_rates` if given), BatchNorm
+        `name.BatchNorm` (folded into the conv's bias when `fold_batch_norm`),
+        activation `name.<activation>`."""
+        folded = batch_norm and self.fold_batch_norm
+        x = self._conv(
+            x, filters, kernel_size, name, stride, rate, use_bias or folded, pyramid_rates
+        )
+        if batch_norm and not folded:
             x = self.batch_norm(x, f"{name}.BatchNorm")
         if activation:
             x = keras.layers.Activation(activation, name=f"{name}.{activation}")(x)
         return x
+
+    def _conv(self, x, filters, kernel_size, name, stride, rate, use_bias, pyramid_rates):
+        settings = dict(
+            use_bias=use_bias,
+            kernel_initializer=self.kernel_initializer,
+            kernel_regularizer=self.regularizer,
+            name=name,
+        )
+        if pyramid_rates:
+            return PyramidAtrousConv(filters, rates=pyramid_rates, **settings)(x)
+        if rate > 1 and stride == 1:
+            return AtrousConv2D(filters, kernel_size, dilation_rate=rate, **settings)(x)
+        padding = "same"
+        pad_total = kernel_size + (kernel_size - 1) * (rate - 1) - 1
+        if stride > 1 and pad_total:
+            # TF1-slim's conv2d_same: pad explicitly so that even-sized
+            # inputs align as in the released weights, then a VALID conv.
+            pad = (pad_total // 2, pad_total - pad_total // 2)
+            x = keras.layers.ZeroPadding2D((pad, pad), name=f"{name}.pad")(x)
+            padding = "valid"
+        return keras.layers.Conv2D(
+            filters, kernel_size, strides=stride, padding=padding, dilation_rate=rate, **settings
+        )(x)

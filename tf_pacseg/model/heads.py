@@ -1,12 +1,13 @@
 """Segmentation heads on the backbone's features: PAC and ASPP.
 
 Both take the backbone output (2048 channels) and return 256 channels; every
-conv is followed by BatchNorm and ReLU and has no bias.
+conv is followed by BatchNorm and ReLU and has no bias (unless the BatchNorm
+is folded into it, `ConvBlocks.fold_batch_norm`).
 """
 
 import keras
 
-from tf_pacseg.model.layers import PyramidAtrousConv, ResizeLike
+from tf_pacseg.model.layers import ResizeLike
 
 HEAD_DEPTH = 256
 PAC_RATES = (1, 3, 5, 7, 9)
@@ -28,17 +29,11 @@ def pyramid_atrous_convolution(features, conv):
         conv: `tf_pacseg.model.blocks.ConvBlocks` with the head's settings.
     """
     scope = "network.feature_extraction"
-    branches = [conv(features, HEAD_DEPTH, 1, f"{scope}.conv2d")]
-    x = PyramidAtrousConv(
-        HEAD_DEPTH,
-        rates=PAC_RATES,
-        kernel_initializer=conv.kernel_initializer,
-        kernel_regularizer=conv.regularizer,
-        name=f"{scope}.multi_conv2d",
-    )(features)
-    x = conv.batch_norm(x, f"{scope}.multi_conv2d.BatchNorm")
-    branches.append(keras.layers.ReLU(name=f"{scope}.multi_conv2d.relu")(x))
-    branches.append(_image_pooling(features, conv, f"{scope}.conv2d_1"))
+    branches = [
+        conv(features, HEAD_DEPTH, 1, f"{scope}.conv2d"),
+        conv(features, HEAD_DEPTH, 3, f"{scope}.multi_conv2d", pyramid_rates=PAC_RATES),
+        _image_pooling(features, conv, f"{scope}.conv2d_1"),
+    ]
     x = keras.layers.Concatenate(name=f"{scope}.concat")(branches)
     return conv(x, HEAD_DEPTH, 1, f"{scope}.conv2d_2")
 

@@ -8,6 +8,7 @@ name alone: layer `a.b.conv2` with weight `kernel` is TF1's `a/b/conv2/weights`.
 import keras
 from keras import ops
 
+from tf_pacseg import checks
 from tf_pacseg.model.resize import resize_bilinear
 
 # The released weights were trained with these; Keras' default epsilon differs.
@@ -33,31 +34,55 @@ class BatchNorm(keras.layers.BatchNormalization):
     training. Keras ties inference mode to `trainable=False`, which would also
     freeze beta and gamma, hence `use_batch_statistics`.
 
+    On the TensorFlow backend the layer runs TensorFlow's fused kernel
+    (`FusedBatchNormV3`, the original's; cuDNN's on a GPU) in training and
+    inference, wherever it applies: 4D channels-last float16, bfloat16 or
+    float32 inputs, no mask, and not `synchronized` in training. Everything
+    else, and every call on JAX, runs the same computation in `keras.ops`.
+
     Args:
         use_batch_statistics: bool. Whether `training=True` normalises with the
             batch statistics and updates the moving ones. Defaults to `True`.
+        fused: bool or None. TensorFlow's fused kernel: `None` runs it where
+            it applies, `True` requires it (an error on another backend, with
+            `synchronized`, or on a call it does not apply to), `False` always
+            runs `keras.ops`. Defaults to `None`.
         **kwargs: arguments of `keras.layers.BatchNormalization` (epsilon
             defaults to 1e-5; `renorm` is not supported).
     """
 
-    def __init__(self, use_batch_statistics=True, **kwargs):
+    def __init__(self, use_batch_statistics=True, fused=None, **kwargs):
         kwargs.setdefault("epsilon", BATCH_NORM_EPSILON)
         super().__init__(**kwargs)
         if self.renorm:
-            raise ValueError(
-                "Invalid value for argument `renorm`. Expected False (TF1's BatchNorm has "
-                f"no renormalization). Received: renorm={self.renorm}"
+            raise checks.invalid(
+                "renorm", "False (TF1's BatchNorm has no renormalization)", self.renorm
+            )
+        checks.one_of("fused", fused, (None, True, False))
+        backend = keras.backend.backend()
+        if fused and backend != "tensorflow":
+            raise checks.invalid(
+                "fused",
+                f"None or False on the {backend} backend (the kernel is TensorFlow's)",
+                fused,
+            )
+        if fused and self.synchronized:
+            raise checks.invalid(
+                "fused",
+                "None or False with synchronized=True (the kernel's statistics are per replica)",
+                fused,
             )
         self.use_batch_statistics = use_batch_statistics
+        self.fused = fused
 
     def call(self, inputs, training=None, mask=None):
-        if not (training and self.use_batch_statistics and self.trainable):
+        batch_statistics = bool(training and self.use_batch_statistics and self.trainable)
+        if self._runs_fused_kernel(inputs, mask, batch_statistics):
+            return self._fused_call(inputs, batch_statistics)
+        if not batch_statistics:
             return super().call(inputs, training=False, mask=mask)
         if mask is not None:
-            raise ValueError(
-                "Invalid value for argument `mask`. Expected None in training (TF1's "
-                f"BatchNorm has no masks). Received: mask={mask}"
-            )
+            raise checks.invalid("mask", "None in training (TF1's BatchNorm has no masks)", mask)
         # Statistics in float32 at least, also under mixed precision.
         x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
         axis = self.axis % len(x.shape)
@@ -67,9 +92,7 @@ class BatchNorm(keras.layers.BatchNormalization):
         if self.synchronized:
             count = _sum_over_replicas(count)
         # Bessel's correction; TF1 leaves a single value's (zero) variance as is.
-        unbiased = variance * (count / ops.maximum(count - 1.0, 1.0))
-        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, unbiased)):
-            moving.assign(ops.cast(moving, x.dtype) * self.momentum + batch * (1.0 - self.momentum))
+        self._update_moving_statistics(mean, variance * (count / ops.maximum(count - 1.0, 1.0)))
         outputs = ops.batch_normalization(
             x,
             mean,
@@ -81,9 +104,57 @@ class BatchNorm(keras.layers.BatchNormalization):
         )
         return ops.cast(outputs, self.compute_dtype)
 
+    def _runs_fused_kernel(self, inputs, mask, batch_statistics):
+        """Whether this call runs TensorFlow's fused kernel; raises where `fused=True` cannot."""
+        if self.fused is False or keras.backend.backend() != "tensorflow":
+            return False
+        from tf_pacseg.model import fused_batch_norm
+
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        if len(inputs.shape) != 4 or self.axis % 4 != 3:
+            needs = "4D channels-last inputs"
+        elif dtype not in fused_batch_norm.INPUT_DTYPES:
+            needs = f"inputs of a dtype in {fused_batch_norm.INPUT_DTYPES}"
+        elif mask is not None:
+            needs = "no mask"
+        elif not (self.center and self.scale):
+            needs = "center=True and scale=True"
+        elif batch_statistics and self.synchronized:
+            needs = "per-replica statistics"
+        else:
+            return True
+        if self.fused:
+            raise checks.invalid(
+                "fused",
+                f"None or False for this call (TensorFlow's fused kernel needs {needs})",
+                received=f"fused=True, inputs.shape={inputs.shape}, inputs.dtype={dtype}, "
+                f"mask is None: {mask is None}",
+            )
+        return False
+
+    def _fused_call(self, inputs, batch_statistics):
+        from tf_pacseg.model import fused_batch_norm
+
+        outputs, mean, variance = fused_batch_norm.batch_norm(
+            inputs,
+            *(ops.convert_to_tensor(v) for v in (self.gamma, self.beta)),
+            *(ops.convert_to_tensor(v) for v in (self.moving_mean, self.moving_variance)),
+            epsilon=self.epsilon,
+            training=batch_statistics,
+        )
+        if batch_statistics:
+            self._update_moving_statistics(mean, variance)
+        return ops.cast(outputs, self.compute_dtype)
+
+    def _update_moving_statistics(self, mean, unbiased_variance):
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, unbiased_variance)):
+            moving.assign(
+                ops.cast(moving, batch.dtype) * self.momentum + batch * (1.0 - self.momentum)
+            )
+
     def get_config(self):
         config = super().get_config()
-        config.update({"use_batch_statistics": self.use_batch_statistics})
+        config.update({"use_batch_statistics": self.use_batch_statistics, "fused": self.fused})
         return config
 
 
@@ -145,11 +216,11 @@ def atrous_conv2d(inputs, kernel, rate_counts):
 
 @keras.saving.register_keras_serializable(package="tf_pacseg")
 class AtrousConv2D(keras.layers.Layer):
-    """Dilated 'SAME' convolution without bias, computed by `atrous_conv2d`.
+    """Dilated 'SAME' convolution, computed by `atrous_conv2d`.
 
     Equal to `keras.layers.Conv2D(filters, kernel_size, padding="same",
-    dilation_rate=dilation_rate, use_bias=False)`, with the same `kernel`
-    weight, but fast for large rates on small maps.
+    dilation_rate=dilation_rate, use_bias=use_bias)`, with the same `kernel`
+    and `bias` weights, but fast for large rates on small maps.
 
     Args:
         filters: int. Output channels.
@@ -158,6 +229,9 @@ class AtrousConv2D(keras.layers.Layer):
         kernel_initializer: initializer of the kernel. Defaults to
             `"glorot_uniform"`.
         kernel_regularizer: optional regularizer of the kernel.
+        use_bias: bool. Whether a bias (initialised to zeros) is added; the
+            original's convolutions have none, a BatchNorm folded into them
+            does (`tf_pacseg.model.folding`). Defaults to `False`.
     """
 
     def __init__(
@@ -167,29 +241,21 @@ class AtrousConv2D(keras.layers.Layer):
         dilation_rate=1,
         kernel_initializer="glorot_uniform",
         kernel_regularizer=None,
+        use_bias=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if filters <= 0:
-            raise ValueError(
-                "Invalid value for argument `filters`. Expected a strictly positive "
-                f"value. Received filters={filters}"
-            )
-        if kernel_size <= 0 or kernel_size % 2 == 0:
-            raise ValueError(
-                "Invalid value for argument `kernel_size`. Expected an odd positive "
-                f"value. Received kernel_size={kernel_size}"
-            )
-        if dilation_rate <= 0:
-            raise ValueError(
-                "Invalid value for argument `dilation_rate`. Expected a strictly "
-                f"positive value. Received dilation_rate={dilation_rate}"
-            )
+        checks.positive_int("filters", filters)
+        checks.positive_int("kernel_size", kernel_size)
+        if kernel_size % 2 == 0:
+            raise checks.invalid("kernel_size", "an odd positive int", kernel_size)
+        checks.positive_int("dilation_rate", dilation_rate)
         self.filters = filters
         self.kernel_size = kernel_size
         self.dilation_rate = dilation_rate
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.use_bias = use_bias
 
     def build(self, input_shape):
         self.kernel = self.add_weight(
@@ -198,12 +264,24 @@ class AtrousConv2D(keras.layers.Layer):
             initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer,
         )
+        self.bias = (
+            self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+            if self.use_bias
+            else None
+        )
 
     def rate_counts(self):
         return {self.dilation_rate: 1}
 
-    def call(self, inputs):
+    def convolve(self, inputs):
+        """The convolution, without the bias."""
         return atrous_conv2d(inputs, ops.cast(self.kernel, inputs.dtype), self.rate_counts())
+
+    def call(self, inputs):
+        outputs = self.convolve(inputs)
+        if self.use_bias:
+            outputs = outputs + ops.cast(self.bias, outputs.dtype)
+        return outputs
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.filters)
@@ -217,6 +295,7 @@ class AtrousConv2D(keras.layers.Layer):
                 "dilation_rate": self.dilation_rate,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "use_bias": self.use_bias,
             }
         )
         return config
@@ -239,6 +318,8 @@ class PyramidAtrousConv(AtrousConv2D):
         kernel_initializer: initializer of the shared kernel. Defaults to
             `"glorot_uniform"`.
         kernel_regularizer: optional regularizer of the kernel.
+        use_bias: bool. Whether a bias is added after the average. Defaults
+            to `False`.
     """
 
     def __init__(
@@ -247,6 +328,7 @@ class PyramidAtrousConv(AtrousConv2D):
         rates=(1, 3, 5, 7, 9),
         kernel_initializer="glorot_uniform",
         kernel_regularizer=None,
+        use_bias=False,
         **kwargs,
     ):
         kwargs.pop("kernel_size", None)
@@ -256,14 +338,10 @@ class PyramidAtrousConv(AtrousConv2D):
             kernel_size=3,
             kernel_initializer=kernel_initializer,
             kernel_regularizer=kernel_regularizer,
+            use_bias=use_bias,
             **kwargs,
         )
-        if not rates or any(r <= 0 for r in rates):
-            raise ValueError(
-                "Invalid value for argument `rates`. Expected strictly positive "
-                f"dilation rates. Received rates={rates}"
-            )
-        self.rates = tuple(rates)
+        self.rates = checks.positive_ints("rates", rates)
 
     def rate_counts(self):
         # The original adds one rate-1 convolution on top of the listed rates.
@@ -272,8 +350,8 @@ class PyramidAtrousConv(AtrousConv2D):
             counts[rate] = counts.get(rate, 0) + 1
         return counts
 
-    def call(self, inputs):
-        return super().call(inputs) / len(self.rates)
+    def convolve(self, inputs):
+        return super().convolve(inputs) / len(self.rates)
 
     def get_config(self):
         config = super().get_config()

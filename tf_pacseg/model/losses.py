@@ -14,6 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tf_pacseg import checks
 from tf_pacseg.constants import IGNORE_LABEL, NUM_CLASSES
 from tf_pacseg.model.resize import resize_bilinear
 
@@ -34,14 +35,6 @@ def _gaussian_1d():
     return (g / g.sum()).astype(np.float32)
 
 
-def _check_num_classes(num_classes):
-    if not isinstance(num_classes, int) or num_classes <= 0:
-        raise ValueError(
-            "Invalid value for argument `num_classes`. Expected a strictly "
-            f"positive integer. Received: num_classes={num_classes}"
-        )
-
-
 def _squeeze_labels(labels):
     """[N, H, W] or [N, H, W, 1] labels -> int32 [N, H, W]."""
     labels = ops.convert_to_tensor(labels)
@@ -49,9 +42,8 @@ def _squeeze_labels(labels):
     if rank == 4 and labels.shape[-1] == 1:
         labels = ops.squeeze(labels, axis=-1)
     elif rank != 3:
-        raise ValueError(
-            "Invalid value for argument `labels`. Expected shape [N, H, W] or "
-            f"[N, H, W, 1]. Received: labels.shape={labels.shape}"
+        raise checks.invalid(
+            "labels", "shape [N, H, W] or [N, H, W, 1]", received=f"labels.shape={labels.shape}"
         )
     return ops.cast(labels, "int32")
 
@@ -130,7 +122,7 @@ def boundary_aware_weights(labels, num_classes=NUM_CLASSES, ignore_label=IGNORE_
     >>> labels[:, 4:12, 4:12] = 3
     >>> weights = boundary_aware_weights(labels)  # 0.5 far from the square
     """
-    _check_num_classes(num_classes)
+    checks.positive_int("num_classes", num_classes)
     labels = _squeeze_labels(labels)
     height, width = ops.shape(labels)[1], ops.shape(labels)[2]
     labels = ops.where(labels == ignore_label, 0, labels)
@@ -171,13 +163,14 @@ def boundary_aware_loss_terms(
         (Σ_i w_i·m_i·CE_i, #{i : w_i·m_i ≠ 0}), float32 scalars. Arguments as
         in `boundary_aware_loss`.
     """
-    _check_num_classes(num_classes)
+    checks.positive_int("num_classes", num_classes)
     labels = _squeeze_labels(labels)
     logits = ops.cast(ops.convert_to_tensor(logits), "float32")
     if logits.shape[-1] is not None and logits.shape[-1] != num_classes:
-        raise ValueError(
-            f"Invalid value for argument `logits`. Expected {num_classes} channels "
-            f"(num_classes). Received: logits.shape={logits.shape}"
+        raise checks.invalid(
+            "logits",
+            f"{num_classes} channels (num_classes)",
+            received=f"logits.shape={logits.shape}",
         )
 
     mask = ops.cast(labels != ignore_label, "float32")  # (N, H, W)
@@ -277,7 +270,7 @@ class BoundaryAwareLoss(keras.losses.Loss):
         name="boundary_aware_loss",
         dtype=None,
     ):
-        _check_num_classes(num_classes)
+        checks.positive_int("num_classes", num_classes)
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.num_classes = num_classes
         self.ignore_label = ignore_label
@@ -285,9 +278,10 @@ class BoundaryAwareLoss(keras.losses.Loss):
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         if sample_weight is not None:
-            raise ValueError(
-                "BoundaryAwareLoss does not take a `sample_weight`; its per-pixel "
-                f"weights are computed from the labels. Received: sample_weight={sample_weight}"
+            raise checks.invalid(
+                "sample_weight",
+                "None: BoundaryAwareLoss computes its per-pixel weights from the labels",
+                sample_weight,
             )
         # `call` returns a one-element vector: Keras passes scalars through its
         # reduction untouched, but sums vectors and then applies the
@@ -326,11 +320,8 @@ def l2_regularization(kernels, weight_decay):
     Returns:
         float32 scalar; 0 for an empty list.
     """
-    if isinstance(weight_decay, (int, float)) and weight_decay < 0:
-        raise ValueError(
-            "Invalid value for argument `weight_decay`. Expected a non-negative "
-            f"value. Received: weight_decay={weight_decay}"
-        )
+    if isinstance(weight_decay, (int, float)):  # A tensor is the caller's to check.
+        checks.number_in_range("weight_decay", weight_decay, low=0)
     total = ops.convert_to_tensor(0.0, "float32")
     for kernel in kernels:
         total = total + ops.sum(ops.square(ops.cast(kernel, "float32"))) / 2.0

@@ -37,6 +37,10 @@ class PACSegmenter(keras.Model):
             to `False`.
         units_per_block: optional tuple of 4 ints. A shallower backbone for
             fast tests and demos. Defaults to the architecture's own.
+        fold_batch_norm: bool. The inference network with every conv ->
+            BatchNorm pair as one biased conv, which
+            `tf_pacseg.model.folding.fold_batch_norms` builds from a trained
+            model; not for training. Defaults to `False`.
 
     Example:
     ```python
@@ -57,6 +61,7 @@ class PACSegmenter(keras.Model):
         fine_tune_batch_norm=True,
         sync_batch_norm=False,
         units_per_block=None,
+        fold_batch_norm=False,
         **kwargs,
     ):
         checks.one_of("head", head, constants.HEADS)
@@ -70,10 +75,16 @@ class PACSegmenter(keras.Model):
             batch_norm_decay=BACKBONE_BATCH_NORM_DECAY,
             fine_tune_batch_norm=fine_tune_batch_norm,
             sync_batch_norm=sync_batch_norm,
+            fold_batch_norm=fold_batch_norm,
             name=base_architecture,
         )
         conv = ConvBlocks(
-            weight_decay, batch_norm_decay, fine_tune_batch_norm, sync_batch_norm, "glorot_uniform"
+            weight_decay,
+            batch_norm_decay,
+            fine_tune_batch_norm,
+            sync_batch_norm,
+            "glorot_uniform",
+            fold_batch_norm,
         )
 
         inputs = keras.Input((None, None, 3), name="images")
@@ -105,7 +116,8 @@ class PACSegmenter(keras.Model):
         self.weight_decay = weight_decay
         self.fine_tune_batch_norm = fine_tune_batch_norm
         self.sync_batch_norm = sync_batch_norm
-        self.units_per_block = tuple(units_per_block) if units_per_block else None
+        self.units_per_block = backbone.units_per_block
+        self.fold_batch_norm = fold_batch_norm
 
     def architecture(self):
         """The arguments that fix the variables' shapes and meaning (JSON-able)."""
@@ -127,6 +139,7 @@ class PACSegmenter(keras.Model):
             "weight_decay": self.weight_decay,
             "fine_tune_batch_norm": self.fine_tune_batch_norm,
             "sync_batch_norm": self.sync_batch_norm,
+            "fold_batch_norm": self.fold_batch_norm,
         }
 
     @classmethod

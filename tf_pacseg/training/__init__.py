@@ -6,12 +6,15 @@ both train the same model with the same objective, optimizer and outputs
 
 - `config`: `TrainConfig` (every setting), `TrainResult`.
 - `components`: model, optimizer, trained variables and loss, shared by both engines.
-- `loop`: `train`, the backend-neutral loop.
-- `checkpoints`: saving, resuming, export.
+- `loop`: `train`, the backend-neutral loop; `schedule`: when it logs, saves,
+  evaluates and stops.
+- `engine`: `Engine`, the contract both engines fulfil, and `create_engine`.
+- `checkpoints`: both engines' checkpoint formats (saving, resuming) and the export.
 - `initialization` (+ `pretrained`): how a fresh run starts: the backbone
   (`pre_trained_model`) or the whole network (`init_checkpoint`).
 - `debug`: `--debug`'s report of the op that made a NaN or inf.
-- `tf_step`: the TensorFlow engine; `jax_step` (+ `jax_engine`): the JAX one.
+- `tf_engine` (+ `tf_step`, its step): the TensorFlow engine; `jax_engine`
+  (+ `jax_step`): the JAX one.
 
 The names below load their modules on first use, so that importing the
 package pulls in neither TensorFlow nor JAX.
@@ -42,7 +45,8 @@ __all__, __getattr__, __dir__ = lazy_exports(
             "trainable_variables",
             "weighted_pixel_count",
         ),
-        "tf_pacseg.training.loop": ("train", "create_engine"),
+        "tf_pacseg.training.loop": ("train",),
+        "tf_pacseg.training.engine": ("Engine", "create_engine"),
         "tf_pacseg.training.pretrained": ("resolve_pretrained_path", "load_pretrained"),
         "tf_pacseg.training.initialization": ("load_init_checkpoint",),
         "tf_pacseg.training.checkpoints": ("export_inference_model",),

@@ -1,11 +1,12 @@
-"""Checkpoints of a run and the final export.
+"""Both engines' checkpoint formats, the lookup of the latest one, and the final export.
 
-Every save writes a resumable checkpoint (weights, optimizer variables, step)
-in `model_dir` (TensorFlow engine: a `tf.train.Checkpoint`, `ckpt-<step>.index`
-+ data; JAX engine: `ckpt-<step>.npz`) and, on the chief,
+Every save writes a resumable checkpoint (weights, optimizer variables, step,
+input position) in `model_dir` (TensorFlow engine: a `tf.train.Checkpoint`,
+`ckpt-<step>.index` + data; JAX engine: `ckpt-<step>.npz`) and, on the chief,
 `model_dir/model.weights.h5` + `model.json` (read by evaluate.py and
 predict.py on either backend). A save refuses
 non-finite weights, so the last good checkpoint survives a diverging run.
+The engines reach these through the `engine.Engine` contract.
 """
 
 import glob
@@ -20,7 +21,8 @@ from absl import logging
 from tf_pacseg.files import atomic_write
 from tf_pacseg.training import distribute
 from tf_pacseg.training.config import NonFiniteLossError
-from tf_pacseg.weights import saving
+from tf_pacseg.training.engine import Restored
+from tf_pacseg.weights import saving, sources
 
 CHECKPOINT_NAME = "ckpt"
 
@@ -63,15 +65,40 @@ def _all_finite(variables):
     return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in floats])
 
 
-def latest_tf_checkpoint(model_dir):
+def _latest_tf_checkpoint(model_dir):
     """The TensorFlow engine's latest checkpoint prefix in `model_dir`, or None."""
     return tf.train.latest_checkpoint(model_dir)
 
 
-def latest_array_checkpoint(model_dir):
+def _latest_array_checkpoint(model_dir):
     """The JAX engine's latest `ckpt-<step>.npz` in `model_dir`, or None."""
     found = _array_checkpoints(model_dir)
     return found[-1][1] if found else None
+
+
+def latest_checkpoint(model_dir, engine_name):
+    """The latest checkpoint of engine `engine_name` in `model_dir`, or None.
+
+    Args:
+        model_dir: str.
+        engine_name: str. `"tensorflow"` or `"jax"` (`Engine.name`).
+
+    Raises:
+        ValueError: `model_dir` holds only the other engine's checkpoints.
+    """
+    found = {
+        "tensorflow": _latest_tf_checkpoint(model_dir),
+        "jax": _latest_array_checkpoint(model_dir),
+    }
+    if found[engine_name] is None:
+        for name, path in found.items():
+            if path is not None:
+                raise ValueError(
+                    f"{model_dir!r} holds a checkpoint of the {name} engine ({path}): resume "
+                    f"it with KERAS_BACKEND={name}, or start over with --clean_model_dir. "
+                    "(model.weights.h5 loads on either backend, e.g. as --pre_trained_model.)"
+                )
+    return found[engine_name]
 
 
 def _array_checkpoints(model_dir):
@@ -99,32 +126,26 @@ class _Checkpointer:
         self.model = model
         self.config = config
         self.chief = chief
-        self.last_saved_step = None
-        # Global batches read when saved (float16 loss scaling's skipped updates
-        # make it more than the steps): where a resumed input continues. None
-        # after restoring a checkpoint written without it.
-        self.input_position = None
 
     def save(self, step, input_position):
         """Saves everything for `step` (`input_position` batches read) unless a weight is
-        non-finite."""
+        non-finite; returns the checkpoint's path (`Engine.save`)."""
         if not self._all_finite():
             raise NonFiniteLossError(
                 f"Non-finite weights at step {step}: training stopped without saving them. "
                 f"The last good checkpoint in {self.config.model_dir} is kept. Lower "
                 "--initial_learning_rate, or use --debug to find the op."
             )
-        self.input_position = input_position
-        path = self._write(step)
-        self.last_saved_step = step
+        path = self._write(step, input_position)
         if not self.chief:
-            return
+            return path
         saving.save_model_weights(
             self.model,
-            os.path.join(self.config.model_dir, saving.MODEL_STEM + saving.WEIGHTS_SUFFIX),
+            os.path.join(self.config.model_dir, sources.MODEL_STEM + sources.WEIGHTS_SUFFIX),
             step=int(step),
         )
         logging.info("Saved %s and model.weights.h5 (step %d).", path, step)
+        return path
 
 
 class TFCheckpointer(_Checkpointer):
@@ -153,8 +174,8 @@ class TFCheckpointer(_Checkpointer):
         self._finite = tf.function(lambda: _all_finite(model.weights))
 
     def restore_latest(self):
-        """Restores the chief's latest checkpoint in model_dir; returns its path or None."""
-        path = latest_tf_checkpoint(self.config.model_dir)
+        """Restores the chief's latest checkpoint in model_dir; returns `Restored` or None."""
+        path = _latest_tf_checkpoint(self.config.model_dir)
         if path is None:
             return None
         try:
@@ -164,14 +185,13 @@ class TFCheckpointer(_Checkpointer):
             raise _cannot_resume(path, error) from error
         tf.train.Checkpoint(**self._extras).restore(path).expect_partial()
         position = int(self._position.numpy())
-        self.input_position = position if position >= 0 else None
-        return path
+        return Restored(path, position if position >= 0 else None)
 
     def _all_finite(self):
         return bool(self._finite())
 
-    def _write(self, step):
-        self._position.assign(self.input_position)
+    def _write(self, step, input_position):
+        self._position.assign(input_position)
         return self.manager.save(checkpoint_number=step)
 
 
@@ -198,8 +218,8 @@ class ArrayCheckpointer(_Checkpointer):
         }
 
     def restore_latest(self):
-        """Restores the latest `ckpt-<step>.npz`; returns its path or None."""
-        path = latest_array_checkpoint(self.config.model_dir)
+        """Restores the latest `ckpt-<step>.npz`; returns `Restored` or None."""
+        path = _latest_array_checkpoint(self.config.model_dir)
         if path is None:
             return None
         with np.load(path) as arrays:
@@ -216,21 +236,22 @@ class ArrayCheckpointer(_Checkpointer):
                             path, f"{variable.path} has shape {value.shape}, not {variable.shape}"
                         )
                     variable.assign(value)
+            position = None
             if "input_position" in arrays.files:
-                self.input_position = int(arrays["input_position"])
+                position = int(arrays["input_position"])
         self.step_fn.load_from_model()
-        return path
+        return Restored(path, position)
 
     def _all_finite(self):
         self.step_fn.sync_to_model()
         values = (np.asarray(v.value) for v in self.model.weights)
         return all(np.all(np.isfinite(x)) for x in values if x.dtype.kind == "f")
 
-    def _write(self, step):
+    def _write(self, step, input_position):
         path = os.path.join(self.directory, f"{CHECKPOINT_NAME}-{int(step)}.npz")
         if not self.chief:
             return path
-        arrays = {"input_position": np.int64(self.input_position)}
+        arrays = {"input_position": np.int64(input_position)}
         for group, variables in self._variables.items():
             arrays[f"{group}_paths"] = np.asarray([v.path for v in variables])
             for index, variable in enumerate(variables):

@@ -58,7 +58,7 @@ def build_optimizer(config):
 
 
 def train_input_arguments(config):
-    """The keyword arguments of `input_pipeline.train_dataset` that `config` sets."""
+    """The keyword arguments of `pipelines.train_dataset` that `config` sets."""
     shared = ("min_scale", "max_scale", "ignore_label", "shuffle_buffer", "seed")
     return dict(
         crop_size=(config.input_height, config.input_width),

@@ -140,8 +140,8 @@ class TrainConfig:
     batch_norm_decay: float = 0.9997
     debug: bool = False
     num_classes: int = constants.NUM_CLASSES
-    input_height: int = 513
-    input_width: int = 513
+    input_height: int = constants.CROP_SIZE[0]
+    input_width: int = constants.CROP_SIZE[1]
     input_depth: int = 3
     min_scale: float = constants.MIN_SCALE
     max_scale: float = constants.MAX_SCALE
@@ -161,8 +161,8 @@ class TrainConfig:
     init_checkpoint: str | None = None
 
     def __post_init__(self):
-        for name, allowed in CHOICES.items():
-            checks.one_of(name, getattr(self, name), allowed)
+        for name in CHOICES:
+            check_choice(name, getattr(self, name))
         positive = (
             "batch_size",
             "train_epochs",
@@ -184,28 +184,22 @@ class TrainConfig:
             if self.pre_trained_model == DEFAULT_PRE_TRAINED_MODEL:
                 self.pre_trained_model = None
             elif self.pre_trained_model:
-                raise ValueError(
-                    "Invalid value for argument `init_checkpoint`. Expected no "
-                    "--pre_trained_model with it: --init_checkpoint initialises the whole "
-                    "network, --pre_trained_model the backbone only. Received: "
-                    f"init_checkpoint={self.init_checkpoint!r}, "
-                    f"pre_trained_model={self.pre_trained_model!r}"
+                raise checks.invalid(
+                    "init_checkpoint",
+                    "no --pre_trained_model with it: --init_checkpoint initialises the whole "
+                    "network, --pre_trained_model the backbone only",
+                    received=f"init_checkpoint={self.init_checkpoint!r}, "
+                    f"pre_trained_model={self.pre_trained_model!r}",
                 )
         if self.debug and self.mixed_precision == "mixed_float16":
             # Loss scaling overflows on purpose (then lowers the scale); --debug stops there.
-            raise ValueError(
-                "Invalid value for argument `debug`. Expected False with float16 loss "
-                "scaling, whose deliberate overflows it would report as the error: use "
-                "--mixed_precision=none or mixed_bfloat16 with --debug. Received: "
-                f"debug={self.debug}, mixed_precision={self.mixed_precision!r}"
+            raise checks.invalid(
+                "debug",
+                "False with float16 loss scaling, whose deliberate overflows it would report "
+                "as the error: use --mixed_precision=none or mixed_bfloat16 with --debug",
+                received=f"debug={self.debug}, mixed_precision={self.mixed_precision!r}",
             )
-        if self.units_per_block is not None:
-            self.units_per_block = tuple(int(n) for n in self.units_per_block)
-            if len(self.units_per_block) != 4 or min(self.units_per_block) < 1:
-                raise ValueError(
-                    "Invalid value for argument `units_per_block`. Expected 4 strictly "
-                    f"positive ints. Received: units_per_block={self.units_per_block}"
-                )
+        self.units_per_block = checks.units_per_block(self.units_per_block)
 
 
 # The fields that take one of a few values.
@@ -220,6 +214,15 @@ CHOICES = {
 NUM_ORIGINAL_OPTIONS = 27
 
 
+def check_choice(name, value):
+    """Returns `value` if it is one of `CHOICES[name]`; raises otherwise.
+
+    The one check of these settings, for `TrainConfig` and the training steps
+    (e.g. `check_choice("loss", loss)`).
+    """
+    return checks.one_of(name, value, CHOICES[name])
+
+
 @dataclasses.dataclass
 class TrainResult:
     """What `train` did.
@@ -229,7 +232,7 @@ class TrainResult:
         interrupted: int or None. The signal that stopped training early
             (after saving), else `None`.
         evaluation: dict or None. The last evaluation result
-            (`evaluation.result_from_confusion_matrix`), if any.
+            (`report.result_from_confusion_matrix`), if any.
     """
 
     step: int

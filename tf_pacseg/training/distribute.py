@@ -23,6 +23,8 @@ import shutil
 
 import tensorflow as tf
 
+from tf_pacseg import checks
+
 
 def configure_logical_cpus(num_devices):
     """Splits the CPU into `num_devices` logical devices `/cpu:0..n-1`.
@@ -34,11 +36,7 @@ def configure_logical_cpus(num_devices):
     Args:
         num_devices: int. Number of logical CPU devices, >= 1.
     """
-    if num_devices < 1:
-        raise ValueError(
-            "Invalid value for argument `num_devices`. Expected a strictly positive "
-            f"value. Received: num_devices={num_devices}"
-        )
+    checks.positive_int("num_devices", num_devices)
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(num_devices)]
@@ -67,11 +65,7 @@ def _restrict_gpus(num_gpu):
 
 
 def _check_enough_gpus(num_gpu, gpus):
-    if num_gpu < 0:
-        raise ValueError(
-            "Invalid value for --num_gpu. Expected 0 (CPU) or a positive number of GPUs. "
-            f"Received: num_gpu={num_gpu}"
-        )
+    checks.non_negative_int("num_gpu", num_gpu)
     if num_gpu > len(gpus):
         names = ", ".join(gpu.name for gpu in gpus) or "none"
         raise ValueError(
@@ -99,9 +93,8 @@ def create_strategy(num_gpu=1, devices=None):
     """
     if cluster_spec_from_environment() is not None:
         if devices is not None:
-            raise ValueError(
-                "Invalid argument `devices`: with TF_CONFIG every worker uses its visible "
-                f"devices. Received: devices={devices!r}"
+            raise checks.invalid(
+                "devices", "None with TF_CONFIG (every worker uses its visible devices)", devices
             )
         _restrict_gpus(num_gpu)
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -110,7 +103,7 @@ def create_strategy(num_gpu=1, devices=None):
         _check_enough_gpus(num_gpu, gpus)
         devices = [f"/gpu:{i}" for i in range(num_gpu)] if num_gpu else ["/cpu:0"]
     if not devices:
-        raise ValueError("Invalid argument `devices`: expected at least one device name.")
+        raise checks.invalid("devices", "at least one device name", devices)
     cross_device_ops = None
     if not any("gpu" in device.lower() for device in devices):
         # NCCL (the multi-GPU default) has no CPU kernels.

@@ -6,27 +6,23 @@ A run resuming from its model_dir ignores both.
 
 import numpy as np
 
-from tf_pacseg.model.backbones import UNITS_PER_BLOCK
-from tf_pacseg.training.pretrained import load_pretrained, missing_pretrained, pretrained_exists
-from tf_pacseg.weights import saving, tf1_checkpoint
+from tf_pacseg.training.pretrained import load_pretrained, pretrained_source
+from tf_pacseg.weights import saving, sources, tf1_checkpoint
 
 # The decoder's 1x1 conv: the only variable whose shape depends on num_classes.
 CLASSIFIER = "network/conv2d/weights"
-# What must agree for the weights to mean the same (the output stride need not).
-_ARCHITECTURE_KEYS = ("base_architecture", "head", "multi_grid", "units_per_block")
+_BACKBONE_ONLY = (
+    " Train with the checkpoint's architecture, or initialise only the backbone with "
+    "--pre_trained_model."
+)
 
 
 def check_sources(config):
     """Raises `FileNotFoundError` when `config`'s initialisation source does not exist."""
-    if config.init_checkpoint and not pretrained_exists(config.init_checkpoint):
-        raise FileNotFoundError(
-            f"--init_checkpoint {config.init_checkpoint!r} does not exist or is not a model: "
-            "expected a TF1 checkpoint prefix of the original (with .index and .data-* "
-            "files), a *.weights.h5 file with its .json, or a directory holding "
-            "model.weights.h5."
-        )
-    if config.pre_trained_model and not pretrained_exists(config.pre_trained_model):
-        raise missing_pretrained(config.pre_trained_model)
+    if config.init_checkpoint:
+        sources.model_source(config.init_checkpoint, "--init_checkpoint")
+    if config.pre_trained_model:
+        pretrained_source(config.pre_trained_model)
 
 
 def initialize(model, config):
@@ -38,12 +34,6 @@ def initialize(model, config):
     if config.init_checkpoint:
         return load_init_checkpoint(model, config.init_checkpoint)
     return load_pretrained(model, config.pre_trained_model)
-
-
-def _architecture(model):
-    architecture = model.architecture()
-    units = architecture["units_per_block"] or UNITS_PER_BLOCK[architecture["base_architecture"]]
-    return {**architecture, "units_per_block": list(units)}
 
 
 def load_init_checkpoint(model, path):
@@ -67,25 +57,22 @@ def load_init_checkpoint(model, path):
         ValueError: another architecture (backbone, depth, head) or variable
             shape; the message names the file and the difference.
     """
+    subject = f"--init_checkpoint {path!r}"
+    sources.model_source(path, "--init_checkpoint")
     try:
         # Built at our output stride: the weights do not depend on it.
-        source = saving.load_model(path, output_stride=model.output_stride)
+        trained = saving.load_model(path, output_stride=model.output_stride)
     except ValueError as error:  # A file that does not match its own architecture.
-        raise ValueError(f"--init_checkpoint {path!r}: {error}") from error
-    ours, theirs = _architecture(model), _architecture(source)
-    for key in _ARCHITECTURE_KEYS:
-        if ours[key] != theirs[key]:
-            raise ValueError(
-                f"--init_checkpoint {path!r} holds a model with {key}={theirs[key]!r}; the "
-                f"model being trained has {key}={ours[key]!r}. Train with the checkpoint's "
-                "architecture, or initialise only the backbone with --pre_trained_model."
-            )
+        raise ValueError(f"{subject}: {error}") from error
+    sources.check_compatible(
+        model.architecture(), trained.architecture(), sources.NETWORK_KEYS, subject, _BACKBONE_ONLY
+    )
     targets = tf1_checkpoint.tf1_variable_map(model)
-    values = tf1_checkpoint.tf1_variable_map(source)
+    values = tf1_checkpoint.tf1_variable_map(trained)
     skipped = []
-    if ours["num_classes"] != theirs["num_classes"]:
+    if model.num_classes != trained.num_classes:
         skipped.append(
-            f"{CLASSIFIER} ({theirs['num_classes']} classes there, {ours['num_classes']} "
+            f"{CLASSIFIER} ({trained.num_classes} classes there, {model.num_classes} "
             "here: trained from scratch)"
         )
         del targets[CLASSIFIER]

@@ -21,8 +21,9 @@ import tensorflow as tf
 from absl import logging
 from jax.experimental import multihost_utils
 
-from tf_pacseg.data import input_pipeline
+from tf_pacseg.data import pipelines
 from tf_pacseg.training import checkpoints, components, jax_step
+from tf_pacseg.training.engine import Engine
 
 _COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 
@@ -58,8 +59,10 @@ def _hide_gpus_from_tensorflow():
             )
 
 
-class JaxEngine:
-    """The JAX side of a run; the same methods as `tf_step.TFEngine`.
+class JaxEngine(Engine):
+    """The JAX side of a run: mesh, model, step, input and `.npz` checkpoints.
+
+    Checkpoints are `ckpt-<step>.npz` files (`checkpoints.ArrayCheckpointer`).
 
     Args:
         config: `TrainConfig`. `num_gpu` and `jit_compile` do not apply (every
@@ -72,18 +75,23 @@ class JaxEngine:
     def __init__(self, config):
         _hide_gpus_from_tensorflow()
         initialize_processes()
-        self.config = config
-        self.chief = jax.process_index() == 0
-        self.multi_worker = jax.process_count() > 1
-        self.mesh = jax_step.data_parallel_mesh()
-        self.num_replicas = self.mesh.size
-        if config.batch_size % self.num_replicas:
+        mesh = jax_step.data_parallel_mesh()
+        if config.batch_size % mesh.size:
             raise ValueError(
                 f"--batch_size={config.batch_size} is the global batch; it must be a positive "
-                f"multiple of the number of devices ({self.num_replicas})."
+                f"multiple of the number of devices ({mesh.size})."
             )
-        self.per_replica_batch = config.batch_size // self.num_replicas
-        self.write_dir = config.model_dir
+        super().__init__(
+            config,
+            chief=jax.process_index() == 0,
+            multi_worker=jax.process_count() > 1,
+            per_replica_batch=config.batch_size // mesh.size,
+            write_dir=config.model_dir,
+        )
+        self.mesh = mesh
+        self.num_replicas = mesh.size
+        # Made by `build`.
+        self.optimizer = self.step_fn = self.checkpointer = None
 
     def describe(self):
         devices = jax.devices()
@@ -120,25 +128,33 @@ class JaxEngine:
         jax.config.update("jax_debug_nans", bool(enabled))
 
     def close(self):
-        pass
+        pass  # No scratch directory: only process 0 writes.
 
-    def set_step(self, step):
-        self.step_fn.set_step(step)
+    def latest_checkpoint(self):
+        return checkpoints.latest_checkpoint(self.config.model_dir, self.name)
+
+    def restore(self):
+        return self.checkpointer.restore_latest()
+
+    def save(self, step, input_position):
+        return self.checkpointer.save(step, input_position)
 
     @property
     def step(self):
         return self.step_fn.step
 
+    def set_step(self, step):
+        self.step_fn.set_step(step)
+
     def batches(self, files, start_step=0):
-        """Endless global batches on the devices after `start_step` steps' ones; each process
-        reads its share."""
+        """Each process reads its share; put on the devices two batches ahead."""
         config = self.config
         context = tf.distribute.InputContext(
             num_input_pipelines=jax.process_count(),
             input_pipeline_id=jax.process_index(),
             num_replicas_in_sync=jax.process_count(),
         )
-        dataset = input_pipeline.train_dataset(
+        dataset = pipelines.train_dataset(
             files,
             config.batch_size,
             input_context=context,

@@ -28,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tf_pacseg.training import components
-from tf_pacseg.training.config import LOSSES
+from tf_pacseg.training.config import check_choice
 
 BATCH_AXIS = "batch"
 
@@ -92,11 +92,7 @@ class JaxTrainStep:
     """
 
     def __init__(self, model, optimizer, loss="bal", ignore_label=255, mesh=None):
-        if loss not in LOSSES:
-            raise ValueError(
-                f"Invalid value for argument `loss`. Expected one of {LOSSES}. "
-                f"Received: loss={loss!r}"
-            )
+        check_choice("loss", loss)
         self.model = model
         self.optimizer = optimizer
         self.loss = loss

@@ -13,9 +13,10 @@ seen twice, even after float16 loss scaling skipped updates). A non-finite
 loss (or weight) stops training before anything is saved, leaving the last
 good checkpoint.
 
-The engine (`tf_step.TFEngine` or `jax_step.JaxEngine`, chosen by the Keras
-backend) owns the model, the step, the input on the devices and the
-checkpoint format; everything else is here.
+The engine (`tf_engine.TFEngine` or `jax_engine.JaxEngine`, chosen by the
+Keras backend; their contract is `engine.Engine`) owns the model, the step,
+the input on the devices and the checkpoint format. `schedule.Schedule` says
+which after-step action is due when; `Trainer` runs them.
 """
 
 import dataclasses
@@ -23,70 +24,23 @@ import math
 import os
 import shutil
 import signal
-import threading
 import time
 
 import keras
 import tensorflow as tf
 from absl import logging
 
-from tf_pacseg.data import records
-from tf_pacseg.inference import evaluation, metrics
-from tf_pacseg.training import checkpoints, summaries
+from tf_pacseg.data import class_names, records
+from tf_pacseg.inference import evaluation, metrics, report
+from tf_pacseg.training import summaries
 from tf_pacseg.training.config import NonFiniteLossError, TrainResult
 from tf_pacseg.training.debug import nonfinite_op_error
+from tf_pacseg.training.engine import create_engine
 from tf_pacseg.training.initialization import check_sources, initialize
 from tf_pacseg.training.pretrained import resolve_pretrained_path
+from tf_pacseg.training.schedule import Schedule, StepDone, StopRequest
 
 EXPORT_DIR = "export"
-
-
-class StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop saves and stops at the next step."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum = None
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc_info):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum, frame):
-        del frame
-        if self.signum is not None:  # A second signal: stop now.
-            raise KeyboardInterrupt
-        self.signum = signum
-        logging.warning(
-            "Received %s: saving a checkpoint and stopping (send it again to abort "
-            "without saving).",
-            signal.Signals(signum).name,
-        )
-
-
-def _latest_checkpoint(model_dir, engine_name):
-    """The engine's latest checkpoint in model_dir; an error if only the other engine's is there."""
-    found = {
-        "tensorflow": checkpoints.latest_tf_checkpoint(model_dir),
-        "jax": checkpoints.latest_array_checkpoint(model_dir),
-    }
-    if found[engine_name] is None:
-        for name, path in found.items():
-            if path is not None:
-                raise ValueError(
-                    f"{model_dir!r} holds a checkpoint of the {name} engine ({path}): resume "
-                    f"it with KERAS_BACKEND={name}, or start over with --clean_model_dir. "
-                    "(model.weights.h5 loads on either backend, e.g. as --pre_trained_model.)"
-                )
-    return found[engine_name]
 
 
 def _format_duration(seconds):
@@ -97,140 +51,156 @@ def _format_duration(seconds):
 
 
 class Trainer:
-    """One training run on `engine` (state shared by the loop's helpers)."""
+    """One training run on `engine` (an `engine.Engine`): the schedule and its actions.
+
+    `run` is the schedule: a step, the after-step actions in order (finite
+    check, log, images, save, evaluate), whether to stop; then `_finish`.
+
+    Args:
+        config: `TrainConfig`.
+        engine: `engine.Engine`.
+    """
 
     def __init__(self, config, engine):
         self.config = config
         self.engine = engine
         self.chief = engine.chief
+        self.schedule = None  # `Schedule` (setup: it needs the records).
+        # The loop's count, made the optimizer's at each log and save step.
+        self.step = config.initial_global_step
+        self.batches = None  # The engine's training batches (setup).
+        self.batches_read = 0  # Saved with each checkpoint: where a resumed input continues.
+        self.last_saved_step = None
+        self.evaluation = None  # The last evaluation's result.
+        self.evaluated_at = None
+        self.train_writer = self.eval_writer = None  # TensorBoard (setup).
+        self._pending_losses = []  # Read back (a device sync) only at the finite check.
+        self._last_log = None  # (time, step) of the last log line.
+        self.actions = (
+            self._check_finite,
+            self._log,
+            self._write_images,
+            self._save,
+            self._evaluate_if_due,
+        )
 
     def setup(self):
-        config, engine = self.config, self.engine
-        resuming = _latest_checkpoint(config.model_dir, engine.name) is not None
-        if not resuming:
+        """Finds the records, builds, resumes or initialises, and opens the input and writers."""
+        config = self.config
+        if self.engine.latest_checkpoint() is None:
             check_sources(config)  # Before the slow parts.
-        self.train_files = records.find_record_files(config.data_dir, "train")
+        train_files = records.find_record_files(config.data_dir, "train")
         if config.epochs_per_eval:
             records.find_record_files(config.data_dir, "val")  # Fail now, not after an epoch.
-        num_examples = records.count_examples(self.train_files)
-        self.steps_per_epoch = num_examples // config.batch_size
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"The training records in {config.data_dir!r} hold {num_examples} examples, "
-                f"fewer than one batch (--batch_size={config.batch_size})."
-            )
-        self.first_step = config.initial_global_step
-        self.last_step = self.first_step + min(
-            config.max_iter, config.train_epochs * self.steps_per_epoch
-        )
-        self.eval_every = config.epochs_per_eval * self.steps_per_epoch
+        self.schedule = Schedule.of(config, records.count_examples(train_files))
+        self._restore_or_initialize()
+        self.batches = self.engine.batches(train_files, start_step=self.batches_read)
+        self.train_writer, self.eval_writer = self._summary_writers()
 
-        self.model = engine.build()
-        self.checkpointer = engine.checkpointer
-        resumed = self.checkpointer.restore_latest()
-        if resumed:
-            logging.info("Resuming from %s.", resumed)
+    def run(self, stop):
+        """Trains to the schedule's last step or a stop request; returns `TrainResult`.
+
+        Args:
+            stop: `StopRequest`.
+        """
+        self._log_start()
+        self._last_log = time.perf_counter(), self.step
+        while self.step < self.schedule.last_step:
+            done = self._train_step()
+            for action in self.actions:
+                action(done)
+            if self._stop_requested(stop, done.log):
+                break
+        return self._finish(stop)
+
+    def _restore_or_initialize(self):
+        config, engine = self.config, self.engine
+        model = engine.build()
+        restored = engine.restore()
+        if restored:
+            logging.info("Resuming from %s.", restored.path)
             for name in ("pre_trained_model", "init_checkpoint"):
                 if getattr(config, name):
                     logging.info("Ignoring --%s: model_dir holds a checkpoint.", name)
         else:
-            logging.info(initialize(self.model, config))
-            engine.set_step(self.first_step)
+            logging.info(initialize(model, config))
+            engine.set_step(self.schedule.first_step)
         self.step = engine.step
-        if resumed:
-            self.checkpointer.last_saved_step = self.step
+        if restored:
+            self.last_saved_step = self.step
         # With a seed, the input continues after the batches read before the
         # checkpoint (for a checkpoint that does not say, one per step).
-        position = self.checkpointer.input_position if resumed else None
-        self.batches_read = self.step - self.first_step if position is None else position
-        self.batches = engine.batches(self.train_files, start_step=self.batches_read)
-        if self.chief:
-            self.train_writer = tf.summary.create_file_writer(
-                os.path.join(config.model_dir, "train")
-            )
-            self.eval_writer = tf.summary.create_noop_writer()
-            if self.eval_every:
-                eval_dir = os.path.join(config.model_dir, "eval")
-                self.eval_writer = tf.summary.create_file_writer(eval_dir)
-        else:
-            self.train_writer = self.eval_writer = tf.summary.create_noop_writer()
+        position = restored.input_position if restored else None
+        self.batches_read = self.step - self.schedule.first_step if position is None else position
 
-    def run(self, stop):
-        config, engine = self.config, self.engine
-        logging.info(
-            "Training %s + %s (%s engine) with %s, batch %d (%d per replica), %d steps per "
-            "epoch; steps %d -> %d.",
-            config.base_architecture,
-            config.head,
-            engine.name,
-            engine.describe(),
-            config.batch_size,
-            engine.per_replica_batch,
-            self.steps_per_epoch,
-            self.step,
-            self.last_step,
-        )
-        result = TrainResult(step=self.step)
-        pending_losses = []
-        last_log_time, last_log_step = time.perf_counter(), self.step
-        evaluated_at = None
-        while self.step < self.last_step:
-            if (self.step - self.first_step) % self.steps_per_epoch == 0:
-                engine.reset_metrics()  # Running train metrics are per epoch.
-            images, labels = next(self.batches)
-            self.batches_read += 1
-            outputs = engine.train_step(images, labels)
-            self.step += 1
-            pending_losses.append(outputs["loss"])
-            log_now = self.step % config.log_every_n_steps == 0 or self.step == self.last_step
-            # Like the original's Estimator, save before each evaluation.
-            eval_now = bool(self.eval_every) and (
-                (self.step - self.first_step) % self.eval_every == 0
-            )
-            save_now = self.step % config.save_checkpoints_steps == 0 or eval_now
-            if log_now or save_now:
-                self._check_finite(pending_losses)
-                pending_losses = []
-                # float16 loss scaling skips overflowing updates; the step is
-                # the optimizer's count of applied updates.
-                self.step = int(outputs["step"])
-            if log_now:
-                now = time.perf_counter()
-                rate = (self.step - last_log_step) / max(now - last_log_time, 1e-9)
-                last_log_time, last_log_step = now, self.step
-                self._log(outputs, rate)
-            if save_now or self.step == self.first_step + 1:
-                with self.train_writer.as_default():
-                    self._write_images(images, labels)
-            if save_now:
-                self.checkpointer.save(self.step, self.batches_read)
-            if eval_now:
-                result.evaluation = self._evaluate()
-                evaluated_at = self.step
-            if self._stop_requested(stop, log_now):
-                break
-        self._check_finite(pending_losses)
-        # The optimizer's count: float16 loss scaling may have skipped updates since the
-        # last log, and a stop comes at any step.
-        self.step = result.step = engine.step
-        if self.checkpointer.last_saved_step != self.step:
-            self.checkpointer.save(self.step, self.batches_read)
-        if stop.signum is not None:
-            result.interrupted = stop.signum
-            logging.warning(
-                "Stopped by %s at step %d; checkpoint saved. Run the same command again to resume.",
-                signal.Signals(stop.signum).name,
+    def _summary_writers(self):
+        """(train, eval) TensorBoard writers: files on the chief, else no-ops."""
+        if not self.chief:
+            writer = tf.summary.create_noop_writer()
+            return writer, writer
+        model_dir = self.config.model_dir
+        train_writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
+        eval_writer = tf.summary.create_noop_writer()
+        if self.schedule.eval_every:
+            eval_writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
+        return train_writer, eval_writer
+
+    def _train_step(self):
+        """One step on the next batch; returns it as a `StepDone`."""
+        if self.schedule.starts_epoch(self.step):
+            self.engine.reset_metrics()  # Running train metrics are per epoch.
+        images, labels = next(self.batches)
+        self.batches_read += 1
+        outputs = self.engine.train_step(images, labels)
+        self.step += 1
+        self._pending_losses.append(outputs["loss"])
+        log, save, evaluate = self.schedule.due(self.step)
+        return StepDone(images, labels, outputs, log=log, save=save, evaluate=evaluate)
+
+    def _check_finite(self, done):
+        """At log and save steps: the losses since the last check are finite."""
+        if done.log or done.save:
+            self._check_losses()
+            # float16 loss scaling skips overflowing updates; the step is
+            # the optimizer's count of applied updates.
+            self.step = int(done.outputs["step"])
+
+    def _log(self, done):
+        if not done.log:
+            return
+        now = time.perf_counter()
+        last_time, last_step = self._last_log
+        rate = (self.step - last_step) / max(now - last_time, 1e-9)
+        self._last_log = now, self.step
+        scalars = self._train_scalars(done.outputs, rate)
+        with self.train_writer.as_default():
+            summaries.write_scalars(scalars, self.step)
+        self._log_line(scalars)
+
+    def _write_images(self, done):
+        """The batch, its labels and predictions of the first step and of each save."""
+        if not self.chief or not (done.save or self.step == self.schedule.first_step + 1):
+            return
+        first_replica = self.engine.first_replica
+        images = first_replica(done.images)[: summaries.MAX_IMAGES]
+        labels = first_replica(done.labels)[: summaries.MAX_IMAGES]
+        with self.train_writer.as_default():
+            summaries.write_batch_images(
                 self.step,
+                images,
+                labels,
+                self.engine.predict(images),
+                self.config.num_classes,
+                self.config.ignore_label,
             )
-            return result
-        if self.eval_every and evaluated_at != self.step:
-            result.evaluation = self._evaluate()
-        export_dir = os.path.join(engine.write_dir, EXPORT_DIR)
-        what = engine.export(export_dir)
-        if self.chief and what:
-            logging.info("Exported %s to %s.", what, export_dir)
-        logging.info("Training finished at step %d.", self.step)
-        return result
+
+    def _save(self, done):
+        if done.save:
+            self._save_checkpoint()
+
+    def _evaluate_if_due(self, done):
+        if done.evaluate:
+            self._evaluate()
 
     def _stop_requested(self, stop, log_now):
         if not self.engine.multi_worker:
@@ -241,22 +211,67 @@ class Trainer:
             return True
         return False
 
-    def _check_finite(self, losses_since_check):
-        values = [float(loss) for loss in losses_since_check]
+    def _finish(self, stop):
+        """Saves the last step; unless stopped, evaluates (if not just done) and exports."""
+        self._check_losses()
+        # The optimizer's count: float16 loss scaling may have skipped updates since the
+        # last log, and a stop comes at any step.
+        self.step = self.engine.step
+        if self.last_saved_step != self.step:
+            self._save_checkpoint()
+        if stop.signum is not None:
+            logging.warning(
+                "Stopped by %s at step %d; checkpoint saved. Run the same command again to resume.",
+                signal.Signals(stop.signum).name,
+                self.step,
+            )
+            return TrainResult(self.step, interrupted=stop.signum, evaluation=self.evaluation)
+        if self.schedule.eval_every and self.evaluated_at != self.step:
+            self._evaluate()
+        export_dir = os.path.join(self.engine.write_dir, EXPORT_DIR)
+        what = self.engine.export(export_dir)
+        if self.chief and what:
+            logging.info("Exported %s to %s.", what, export_dir)
+        logging.info("Training finished at step %d.", self.step)
+        return TrainResult(self.step, evaluation=self.evaluation)
+
+    def _save_checkpoint(self):
+        self.engine.save(self.step, self.batches_read)
+        self.last_saved_step = self.step
+
+    def _check_losses(self):
+        values = [float(loss) for loss in self._pending_losses]
+        self._pending_losses = []
         for offset, value in enumerate(values):
             if not math.isfinite(value):
                 bad_step = self.step - len(values) + offset + 1
                 raise NonFiniteLossError(
                     f"The loss became {value} at step {bad_step}: training stopped without "
                     f"saving. The last good checkpoint in {self.config.model_dir} (step "
-                    f"{self.checkpointer.last_saved_step or 'of the previous run, if any'}) "
+                    f"{self.last_saved_step or 'of the previous run, if any'}) "
                     "is kept. Lower --initial_learning_rate, or use --debug to find the op."
                 )
 
-    def _log(self, outputs, rate):
+    def _log_start(self):
+        config, engine = self.config, self.engine
+        logging.info(
+            "Training %s + %s (%s engine) with %s, batch %d (%d per replica), %d steps per "
+            "epoch; steps %d -> %d.",
+            config.base_architecture,
+            config.head,
+            engine.name,
+            engine.describe(),
+            config.batch_size,
+            engine.per_replica_batch,
+            self.schedule.steps_per_epoch,
+            self.step,
+            self.schedule.last_step,
+        )
+
+    def _train_scalars(self, outputs, rate):
+        """The training summaries: losses, learning rate, running metrics, speed."""
         config = self.config
         cm = self.engine.confusion_matrix()
-        per_class = metrics.per_class_iou(cm)
         scalars = {
             "loss": float(outputs["loss"]),
             f"{config.loss}_loss": float(outputs["data_loss"]),
@@ -266,20 +281,23 @@ class Trainer:
             "mean_iou": metrics.mean_iou(cm),
             "steps_per_second": rate,
         }
-        names = evaluation.class_names(config.num_classes)
+        names = class_names.default_class_names(config.num_classes)
+        per_class = metrics.per_class_iou(cm)
         scalars.update(
             {f"iou/{n}": float(v) for n, v in zip(names, per_class, strict=True) if v == v}
         )
-        with self.train_writer.as_default():
-            summaries.write_scalars(scalars, self.step)
-        epoch = (self.step - self.first_step) / self.steps_per_epoch
-        eta = (self.last_step - self.step) / rate if rate > 0 else float("inf")
+        return scalars
+
+    def _log_line(self, scalars):
+        config, schedule = self.config, self.schedule
+        rate = scalars["steps_per_second"]
+        eta = (schedule.last_step - self.step) / rate if rate > 0 else float("inf")
         logging.info(
             "step %d/%d (epoch %.2f)  loss %.4f (%s %.4f, reg %.4f)  lr %.3g  train px acc "
             "%.4f mIoU %.4f  %.2f steps/s (%.1f images/s)  ETA %s",
             self.step,
-            self.last_step,
-            epoch,
+            schedule.last_step,
+            schedule.epoch(self.step),
             scalars["loss"],
             config.loss,
             scalars[f"{config.loss}_loss"],
@@ -292,24 +310,12 @@ class Trainer:
             _format_duration(eta),
         )
 
-    def _write_images(self, images, labels):
-        if not self.chief:
-            return
-        images = self.engine.first_replica(images)[: summaries.MAX_IMAGES]
-        labels = self.engine.first_replica(labels)[: summaries.MAX_IMAGES]
-        summaries.write_batch_images(
-            self.step,
-            images,
-            labels,
-            self.engine.predict(images),
-            self.config.num_classes,
-            self.config.ignore_label,
-        )
-
     def _evaluate(self):
         """Evaluates on the val records (on the chief; the others go on and wait)."""
+        self.evaluated_at = self.step
+        self.evaluation = None
         if not self.chief:
-            return None
+            return
         start = time.perf_counter()
         result = evaluation.evaluate(
             self.engine.evaluation_model(),
@@ -325,39 +331,14 @@ class Trainer:
             "Evaluation at step %d (epoch %.2f) on %d images, %.0f s: mIoU %.4f, pixel "
             "accuracy %.4f\n%s",
             self.step,
-            (self.step - self.first_step) / self.steps_per_epoch,
+            self.schedule.epoch(self.step),
             result["num_images"],
             time.perf_counter() - start,
             result["miou"],
             result["pixel_accuracy"],
-            evaluation.format_result(result),
+            report.format_result(result),
         )
-        return result
-
-
-def create_engine(config, strategy=None):
-    """The engine of the Keras backend: `TFEngine` (tensorflow) or `JaxEngine` (jax)."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        if strategy is not None:
-            raise ValueError(
-                "Invalid argument `strategy`: the JAX engine trains on every local device "
-                f"without a tf.distribute strategy. Received: strategy={strategy!r}"
-            )
-        from tf_pacseg.training.jax_engine import JaxEngine
-
-        return JaxEngine(config)
-    if backend != "tensorflow":
-        raise ValueError(
-            f"Training runs on the tensorflow or jax Keras backend. Received: {backend!r} "
-            "(set KERAS_BACKEND)."
-        )
-    from tf_pacseg.training import distribute
-    from tf_pacseg.training.tf_step import TFEngine
-
-    if strategy is None:
-        strategy = distribute.create_strategy(num_gpu=config.num_gpu)
-    return TFEngine(config, strategy)
+        self.evaluation = result
 
 
 def train(config, strategy=None):
@@ -405,8 +386,7 @@ def train(config, strategy=None):
         with StopRequest() as stop:
             return trainer.run(stop)
     except (tf.errors.InvalidArgumentError, FloatingPointError) as error:
-        step = getattr(trainer, "step", config.initial_global_step)
-        found = nonfinite_op_error(error, step, config.model_dir)
+        found = nonfinite_op_error(error, trainer.step, config.model_dir)
         if found is None:
             raise
         raise found from error  # --debug named the op.

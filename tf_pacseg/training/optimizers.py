@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from tf_pacseg import checks
+
 
 @keras.saving.register_keras_serializable(package="tf_pacseg")
 class PolyDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -28,11 +30,7 @@ class PolyDecay(keras.optimizers.schedules.LearningRateSchedule):
         power=0.9,
         initial_step=0,
     ):
-        if max_iter <= 0:
-            raise ValueError(
-                "Invalid value for argument `max_iter`. Expected a strictly positive "
-                f"value. Received: max_iter={max_iter}"
-            )
+        checks.positive_int("max_iter", max_iter)
         self.initial_learning_rate = initial_learning_rate
         self.max_iter = max_iter
         self.end_learning_rate = end_learning_rate
@@ -72,11 +70,7 @@ class TF1Momentum(keras.optimizers.Optimizer):
 
     def __init__(self, learning_rate=0.007, momentum=0.9, name="tf1_momentum", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(
-                "Invalid value for argument `momentum`. Expected a value in [0, 1). "
-                f"Received: momentum={momentum}"
-            )
+        checks.number_in_range("momentum", momentum, 0, 1, include_high=False)
         self.momentum = momentum
 
     def build(self, variables):

@@ -120,7 +120,7 @@ def write_segmentation_metrics(result, step):
 
     Args:
         result: dict with `miou`, `pixel_accuracy` and `per_class_iou`
-            ({class name: IoU or None}), as `evaluation.result_from_confusion_matrix`.
+            ({class name: IoU or None}), as `report.result_from_confusion_matrix`.
         step: int.
     """
     scalar("mean_iou", result["miou"], step)

@@ -15,9 +15,8 @@ own copy of the moving statistics and checkpoints keep the first replica's
 import keras
 import tensorflow as tf
 
-from tf_pacseg.data import input_pipeline
-from tf_pacseg.training import checkpoints, components, distribute
-from tf_pacseg.training.config import LOSSES
+from tf_pacseg.training import components, distribute
+from tf_pacseg.training.config import check_choice
 
 
 def agree_on_overflow(gradients, context):
@@ -80,11 +79,7 @@ class TrainStep:
     """
 
     def __init__(self, model, optimizer, strategy, loss="bal", ignore_label=255, jit_compile=False):
-        if loss not in LOSSES:
-            raise ValueError(
-                f"Invalid value for argument `loss`. Expected one of {LOSSES}. "
-                f"Received: loss={loss!r}"
-            )
+        check_choice("loss", loss)
         if (
             jit_compile
             and model.sync_batch_norm
@@ -181,135 +176,3 @@ class TrainStep:
             "learning_rate": learning_rate,
             "step": tf.identity(self.optimizer.iterations),
         }
-
-
-class AnyWorker:
-    """Whether a flag is true on any worker: one small all-reduce across workers.
-
-    Every worker must call it at the same point (it is a collective).
-    """
-
-    def __init__(self, strategy):
-        def reduce_flag(flag):
-            value = strategy.run(tf.identity, args=(flag,))
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
-
-        self._reduce = tf.function(reduce_flag)
-
-    def __call__(self, flag):
-        return bool(self._reduce(tf.constant(float(flag))) > 0)
-
-
-class TFEngine:
-    """The TensorFlow side of a run: strategy, model, step, input and checkpoints.
-
-    The loop (`training.loop`) drives it through the methods below; the JAX
-    engine (`jax_step.JaxEngine`) offers the same ones.
-
-    Args:
-        config: `TrainConfig`.
-        strategy: the `tf.distribute.Strategy`.
-    """
-
-    name = "tensorflow"
-
-    def __init__(self, config, strategy):
-        self.config = config
-        self.strategy = strategy
-        self.chief = distribute.is_chief(strategy)
-        self.multi_worker = distribute.is_multi_worker(strategy)
-        self.num_replicas = strategy.num_replicas_in_sync
-        self.per_replica_batch = distribute.check_batch_size(config.batch_size, strategy)
-        self.write_dir = distribute.write_dir(config.model_dir, strategy)
-        self._any_worker = AnyWorker(strategy) if self.multi_worker else None
-
-    def describe(self):
-        """'<strategy> on R replica(s) (this worker: <devices>)'."""
-        return (
-            f"{distribute.describe(self.strategy)} on {self.num_replicas} replica(s) (this "
-            f"worker: {', '.join(self.strategy.extended.worker_devices)})"
-        )
-
-    def build(self):
-        """Creates the model, the optimizer and the step; returns the model."""
-        config = self.config
-        with self.strategy.scope():
-            self.model = components.build_training_model(config)
-            self.optimizer = components.build_optimizer(config)
-        self.step_fn = TrainStep(
-            self.model,
-            self.optimizer,
-            self.strategy,
-            loss=config.loss,
-            ignore_label=config.ignore_label,
-            jit_compile=config.jit_compile,
-        )
-        self.checkpointer = checkpoints.TFCheckpointer(
-            self.model, self.optimizer, self.strategy, config
-        )
-        self._predict = tf.function(lambda images: self.model(images, training=False))
-        return self.model
-
-    def barrier(self):
-        """Returns when every worker got here."""
-        if self.multi_worker:
-            self._any_worker(False)
-
-    def check_numerics(self, enabled):
-        """--debug: name the first op that produces a NaN or inf."""
-        if enabled:
-            tf.debugging.enable_check_numerics()
-        elif self.config.debug:
-            tf.debugging.disable_check_numerics()
-
-    def close(self):
-        distribute.remove_write_dir(self.write_dir, self.strategy)
-
-    def set_step(self, step):
-        self.optimizer.iterations.assign(step)
-
-    @property
-    def step(self):
-        """The optimizer's count of applied updates."""
-        return int(self.optimizer.iterations.numpy())
-
-    def batches(self, files, start_step=0):
-        """Endless training batches, split over the replicas, after `start_step` steps' ones."""
-        config = self.config
-        dataset = input_pipeline.distribute_dataset(
-            self.strategy,
-            input_pipeline.train_dataset,
-            files,
-            config.batch_size,
-            start_step=start_step,
-            **components.train_input_arguments(config),
-        )
-        return iter(dataset)
-
-    def train_step(self, images, labels):
-        return self.step_fn(images, labels)
-
-    def reset_metrics(self):
-        self.step_fn.reset_metrics()
-
-    def confusion_matrix(self):
-        return self.step_fn.confusion_matrix.numpy()
-
-    def first_replica(self, tensor):
-        """The first replica's part of a distributed batch."""
-        return self.strategy.experimental_local_results(tensor)[0]
-
-    def predict(self, images):
-        return self._predict(images)
-
-    def evaluation_model(self):
-        return self.model
-
-    def any_worker(self, flag):
-        """Whether `flag` is true on any worker (a collective on several workers)."""
-        return self._any_worker(flag) if self.multi_worker else bool(flag)
-
-    def export(self, export_dir):
-        """The inference SavedModel (every worker writes; only the chief's lands)."""
-        checkpoints.export_inference_model(self.model, export_dir)
-        return "the inference SavedModel"

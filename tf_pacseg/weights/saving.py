@@ -2,28 +2,25 @@
 
 A model on disk is `<stem>.weights.h5` (Keras weights) beside `<stem>.json`
 (the architecture). The converter writes that pair, and so does training,
-as `model.weights.h5` / `model.json` in its model_dir.
+as `model.weights.h5` / `model.json` in its model_dir. `load_model` also
+reads the original's TF1 checkpoints (`sources` says which a path holds).
 """
 
 import json
 import os
 
+from tf_pacseg import checks
 from tf_pacseg.files import atomic_write
 from tf_pacseg.model.segmenter import build_model
-from tf_pacseg.weights import tf1_checkpoint
+from tf_pacseg.weights import sources, tf1_checkpoint
 
-WEIGHTS_SUFFIX = ".weights.h5"
-MODEL_STEM = "model"
 _FORMAT = "tf_pacseg"
 
 
 def architecture_path(weights_path):
     """`x/model.weights.h5` -> `x/model.json`."""
-    if not weights_path.endswith(WEIGHTS_SUFFIX):
-        raise ValueError(
-            f"Invalid weights file name {weights_path!r}: it must end in {WEIGHTS_SUFFIX}."
-        )
-    return weights_path[: -len(WEIGHTS_SUFFIX)] + ".json"
+    checks.ends_with("weights_path", weights_path, sources.WEIGHTS_SUFFIX)
+    return weights_path[: -len(sources.WEIGHTS_SUFFIX)] + ".json"
 
 
 def save_model_weights(model, weights_path, **metadata):
@@ -31,7 +28,7 @@ def save_model_weights(model, weights_path, **metadata):
     json_path = architecture_path(weights_path)  # Checks the suffix first.
     os.makedirs(os.path.dirname(os.path.abspath(weights_path)), exist_ok=True)
     # Keras picks the format from the name, so the temporary file keeps the suffix.
-    tmp_path = weights_path[: -len(WEIGHTS_SUFFIX)] + ".partial" + WEIGHTS_SUFFIX
+    tmp_path = weights_path[: -len(sources.WEIGHTS_SUFFIX)] + ".partial" + sources.WEIGHTS_SUFFIX
     model.save_weights(tmp_path)
     os.replace(tmp_path, weights_path)
     description = {"format": _FORMAT, "architecture": model.architecture(), **metadata}
@@ -53,12 +50,40 @@ def read_model_description(weights_path):
     return description
 
 
-def find_weights(path):
-    """The weights of `path`: a `.weights.h5` file, or `model.weights.h5` in a directory."""
-    if os.path.isdir(path):
-        candidate = os.path.join(path, MODEL_STEM + WEIGHTS_SUFFIX)
-        return candidate if os.path.isfile(candidate) else None
-    return path if path.endswith(WEIGHTS_SUFFIX) and os.path.isfile(path) else None
+def stored_class_names(path):
+    """The class names in the architecture JSON of a model (its `class_names` key), if any.
+
+    Args:
+        path: str. As in `load_model`.
+
+    Returns:
+        A tuple of str, one per class; `None` for a TF1 checkpoint or a JSON
+        file without `class_names`.
+
+    Raises:
+        FileNotFoundError: `path` holds no model.
+        ValueError: `class_names` is not a list of distinct names, one per
+            class of the stored architecture.
+    """
+    source = sources.model_source(path)
+    if source.kind != sources.KERAS:
+        return None
+    description = read_model_description(source.path)
+    names = description.get("class_names")
+    if names is None:
+        return None
+    num_classes = description["architecture"]["num_classes"]
+    if (
+        not isinstance(names, list)
+        or len(names) != num_classes
+        or not all(isinstance(name, str) and name for name in names)
+        or len(set(names)) != len(names)
+    ):
+        raise ValueError(
+            f"{architecture_path(source.path)!r} holds class_names={names!r}: expected a "
+            f"list of {num_classes} distinct names, one per class of its model."
+        )
+    return tuple(names)
 
 
 def load_model(path, **overrides):
@@ -74,17 +99,20 @@ def load_model(path, **overrides):
 
     Returns:
         A `PACSegmenter` with the weights loaded.
+
+    Raises:
+        FileNotFoundError: `path` holds no model.
     """
     overrides = {key: value for key, value in overrides.items() if value is not None}
-    weights = find_weights(path)
-    if weights is not None:
-        stored = read_model_description(weights)["architecture"]
+    source = sources.model_source(path)
+    if source.kind == sources.KERAS:
+        stored = read_model_description(source.path)["architecture"]
 
         def load(model):
-            model.load_weights(weights)
+            model.load_weights(source.path)
 
-    elif tf1_checkpoint.is_tf1_checkpoint(path):
-        stored = tf1_checkpoint.read_architecture(path)
+    else:
+        stored = tf1_checkpoint.read_architecture(source.path)
         if stored["head"] is None:
             raise ValueError(
                 f"{path!r} is a backbone-only (ImageNet) checkpoint; it has no head to "
@@ -92,14 +120,8 @@ def load_model(path, **overrides):
             )
 
         def load(model):
-            tf1_checkpoint.load_tf1_checkpoint(model, path)
+            tf1_checkpoint.load_tf1_checkpoint(model, source.path)
 
-    else:
-        raise FileNotFoundError(
-            f"No model at {path!r}: expected a *.weights.h5 file (with its .json), a "
-            "directory holding model.weights.h5, or a TF1 checkpoint (prefix or directory "
-            "with a `checkpoint` file)."
-        )
     # Weights load into the layers they were saved from. Another output stride
     # changes layers (strided vs dilated convs, ASPP's rate-named branches) but
     # not the weights, which are then copied over in graph order.
@@ -131,11 +153,7 @@ def convert_tf1_checkpoint(checkpoint, weights_path, **overrides):
     Returns:
         (model, `tf1_checkpoint.LoadReport`).
     """
-    if not weights_path.endswith(WEIGHTS_SUFFIX):
-        raise ValueError(
-            f"Invalid value for argument `output_path`. Expected a file name ending in "
-            f"{WEIGHTS_SUFFIX}. Received: output_path={weights_path!r}"
-        )
+    checks.ends_with("output_path", weights_path, sources.WEIGHTS_SUFFIX)
     architecture = tf1_checkpoint.read_architecture(checkpoint)
     if architecture["head"] is None:
         raise ValueError(

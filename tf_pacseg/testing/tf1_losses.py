@@ -1,7 +1,7 @@
 """The original's boundary-aware loss, transcribed step by step in TF1 graph ops.
 
 Written from docs/design.md §4 independently of `tf_pacseg.model.losses`, which is
-tested against it (tests/test_losses.py); bench/train_step.py builds the
+tested against it (tests/test_losses.py); `tf1_training` builds the
 original's training step with it. Call inside a `tf.Graph().as_default()`.
 """
 

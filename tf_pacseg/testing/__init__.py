@@ -1,0 +1,1 @@
+"""Test support: the original network and training step in TF1, for parity tests and benchmarks."""
