@@ -1,0 +1,1 @@
+"""Exports for serving (SavedModel, ONNX, LiteRT, OpenVINO IR), each run by its runtime."""
