@@ -100,9 +100,11 @@ def tiling_from_flags():
 
 
 def load_model_from_flags():
+    """The model of --model_dir, BatchNorms folded into the convolutions (inference only)."""
+    from tf_pacseg.model.folding import fold_batch_norms
     from tf_pacseg.weights import saving
 
-    return saving.load_model(flags.FLAGS.model_dir, **architecture_overrides())
+    return fold_batch_norms(saving.load_model(flags.FLAGS.model_dir, **architecture_overrides()))
 
 
 def define_class_names_flag():

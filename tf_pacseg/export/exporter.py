@@ -30,6 +30,7 @@ from tf_pacseg.export.verification import (
     check_logits,
     reference_logits,
 )
+from tf_pacseg.model.folding import fold_batch_norms
 
 # float16 weights round each weight by up to 2**-11 of itself: the logits move
 # by about 1e-3 of their range, where float32 conversions stay near 1e-6.
@@ -110,7 +111,9 @@ def export_model(
     if input_size is not None:
         input_size = checks.size_2d("input_size", input_size)
     require_format(format)
-    _WRITERS[format](model, output_path, input_size=input_size, **options)
+    # The deployed network has its BatchNorms folded into the convolutions; the check
+    # below compares it with the model as given.
+    _WRITERS[format](fold_batch_norms(model), output_path, input_size=input_size, **options)
     images = check_images(input_size)
     name, run = _RUNNERS[format]
     expected = reference_logits(model, images)

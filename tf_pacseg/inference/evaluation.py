@@ -39,6 +39,7 @@ print(report.format_result(result))
 import concurrent.futures
 import os
 import time
+import typing
 
 import keras
 import numpy as np
@@ -47,7 +48,7 @@ from absl import logging
 from keras import ops
 
 from tf_pacseg import checks, constants
-from tf_pacseg.data import label_png, pipelines, records, voc
+from tf_pacseg.data import bad_records, label_png, pipelines, records, sharding, voc
 from tf_pacseg.inference import forward, metrics, report
 from tf_pacseg.inference.tiling import Tiling, tiled_labels
 
@@ -68,29 +69,62 @@ def _group_by_size(padded_sizes):
     return list(groups.values())
 
 
-# ----------------------------------------------------------------------------
-# Sources: each gives (number of examples, dataset of serialized examples,
-# where(index) naming an example for messages, errors): `errors` collects an
-# error that ended the dataset early (an exception cannot cross tf.data intact).
-# ----------------------------------------------------------------------------
+class _Source(typing.NamedTuple):
+    """Examples to evaluate, and how to name them in messages.
+
+    Attributes:
+        num_examples: int.
+        examples: `tf.data.Dataset` of serialized examples.
+        where: callable. `where(index)` names an example for messages.
+        errors: list. Collects an error that ended the dataset early (an
+            exception cannot cross tf.data intact).
+        located: callable or None. `located(error)` of a reading error: the
+            `bad_records.BadRecordError` naming the record, or None.
+        num_skipped: int or None. Records left out (--skip_bad_records).
+    """
+
+    num_examples: int
+    examples: tf.data.Dataset
+    where: typing.Callable
+    errors: list
+    located: typing.Callable | None = None
+    num_skipped: int | None = None
 
 
-def _record_examples(data_dir):
+def _record_examples(data_dir, skip_bad_records):
     files = records.find_record_files(data_dir, "val")
-    try:
-        counts = [records.count_examples(f) for f in files]
-    except tf.errors.OpError as error:
-        raise ValueError(f"Cannot read the record files {files}: {error.message}") from error
+
+    def located(error):
+        if not isinstance(error, bad_records.READ_ERRORS):
+            return None
+        advice = "--skip_bad_records evaluates without the records that cannot be read."
+        return bad_records.located_error(files, error, advice)
+
+    skip_list = bad_records.scan(files) if skip_bad_records else None
+    if skip_list is None:
+        try:
+            counts = [records.count_examples(f) for f in files]
+        except tf.errors.OpError as error:
+            found = located(error)
+            if found is None:
+                found = ValueError(f"Cannot read the record files {files}: {error.message}")
+            raise found from error
+        examples = tf.data.TFRecordDataset(files)
+    else:
+        counts = [skip_list.readable(f) for f in files]
+        examples = sharding.read_records(files, None, 1, deterministic=True, skip_list=skip_list)
 
     def where(index):
         """'example 3 of record file val-00001-of-00002.tfrecord'."""
         for name, count in zip(files, counts, strict=True):
             if index < count:
-                return f"example {index} of record file {name}"
+                position = index if skip_list is None else skip_list.position(name, index)
+                return f"example {position} of record file {name}"
             index -= count
         return f"example {index} past the end of the record files"
 
-    return sum(counts), tf.data.TFRecordDataset(files), where, []
+    num_skipped = None if skip_list is None else skip_list.num_skipped
+    return _Source(sum(counts), examples, where, [], located, num_skipped)
 
 
 def _folder_examples(
@@ -134,7 +168,7 @@ def _folder_examples(
     examples = tf.data.Dataset.from_generator(
         generate, output_signature=tf.TensorSpec((), tf.string)
     )
-    return len(ids), examples, where, errors
+    return _Source(len(ids), examples, where, errors)
 
 
 def _batches(source, batch_size, crop_size, num_classes, ignore_label):
@@ -142,7 +176,7 @@ def _batches(source, batch_size, crop_size, num_classes, ignore_label):
 
     A batch holds images of one padded size, so images can come out of order.
     """
-    num_examples, examples, where, errors = source
+    num_examples, examples, where, errors, located, _ = source
     dataset = pipelines.eval_batches(
         examples, batch_size, crop_size=crop_size, ignore_label=ignore_label, include_sizes=True
     )
@@ -154,6 +188,9 @@ def _batches(source, batch_size, crop_size, num_classes, ignore_label):
         except StopIteration:
             break
         except tf.errors.OpError as error:
+            found = located(error) if located else None
+            if found is not None:
+                raise found from error
             # The failing example is one of the batch being read.
             last = max(min(done + batch_size, num_examples) - 1, done)
             location = where(done)
@@ -236,6 +273,7 @@ def evaluate(
     class_names=None,
     on_image=None,
     tiling=None,
+    skip_bad_records=False,
     verbose=1,
 ):
     """Evaluates `model` on TFRecords or on image/label folders (see the module docstring).
@@ -272,15 +310,21 @@ def evaluate(
         tiling: `tiling.Tiling` or None. Whole padded images, or overlapping
             tiles of them (by default above 4 MP, so never VOC's images).
             Defaults to `None`: `Tiling()`.
+        skip_bad_records: bool. With `data_dir`: leave out the records that
+            cannot be read (`bad_records`), each logged; without it, such a
+            record stops the evaluation with a `BadRecordError` naming it.
+            Defaults to `False`.
         verbose: int. 1 shows a progress bar, 0 is silent. Defaults to 1.
 
     Returns:
-        The dict of `report.result_from_confusion_matrix`.
+        The dict of `report.result_from_confusion_matrix`; with
+        `skip_bad_records`, also `skipped_records` (int).
 
     Raises:
         FileNotFoundError: missing folders, list, record or listed files.
         ValueError: bad arguments, or data that cannot be decoded, differ in
-            size from their label or have out-of-range labels (naming the file).
+            size from their label or have out-of-range labels (naming the file;
+            `bad_records.BadRecordError` for a record that cannot be read).
     """
     checks.positive_int("batch_size", batch_size)
     crop_size = checks.size_2d("crop_size", crop_size)
@@ -297,7 +341,9 @@ def evaluate(
     class_names = report.class_names_for(class_names, model_classes)
     check_sources(data_dir, image_data_dir, label_data_dir, evaluation_data_list)
     if data_dir is not None:
-        source = _record_examples(data_dir)
+        source = _record_examples(data_dir, skip_bad_records)
+    elif skip_bad_records:
+        raise checks.invalid("skip_bad_records", "False with folders (it skips records)", True)
     else:
         source = _folder_examples(
             image_data_dir, label_data_dir, evaluation_data_list, model_classes, ignore_label
@@ -305,7 +351,7 @@ def evaluate(
 
     total = np.zeros((model_classes, model_classes), np.int64)
     progbar = keras.utils.Progbar(
-        source[0], verbose=verbose, unit_name="image", stateful_metrics=["images/s"]
+        source.num_examples, verbose=verbose, unit_name="image", stateful_metrics=["images/s"]
     )
     done, start = 0, time.perf_counter()
     batches = _batches(source, batch_size, crop_size, model_classes, ignore_label)
@@ -322,4 +368,7 @@ def evaluate(
         done += len(images)
         rate = done / max(time.perf_counter() - start, 1e-9)
         progbar.update(done, values=[("images/s", rate)])
-    return report.result_from_confusion_matrix(total, done, class_names)
+    result = report.result_from_confusion_matrix(total, done, class_names)
+    if source.num_skipped is not None:
+        result["skipped_records"] = source.num_skipped
+    return result

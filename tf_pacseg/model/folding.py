@@ -71,7 +71,7 @@ def fold_batch_norms(model):
             takes `fold_batch_norm`), built.
 
     Returns:
-        The folded model, of the same class.
+        The folded model, of the same class (`model` itself if already folded).
     """
     config = model.get_config()
     if "fold_batch_norm" not in config:
@@ -80,6 +80,8 @@ def fold_batch_norms(model):
             "a PACSegmenter or ResNetBackbone (a config with `fold_batch_norm`)",
             received=f"model of class {type(model).__name__}",
         )
+    if config["fold_batch_norm"]:
+        return model
     folded = type(model).from_config({**config, "fold_batch_norm": True})
     sources, targets = _layers_by_name(model), _layers_by_name(folded)
     folded_batch_norms = set()

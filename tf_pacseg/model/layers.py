@@ -73,7 +73,7 @@ class BatchNorm(keras.layers.BatchNormalization):
                 fused,
             )
         self.use_batch_statistics = use_batch_statistics
-        self.fused = fused
+        self.fused = None if fused is None else bool(fused)
 
     def call(self, inputs, training=None, mask=None):
         batch_statistics = bool(training and self.use_batch_statistics and self.trainable)
@@ -137,8 +137,10 @@ class BatchNorm(keras.layers.BatchNormalization):
 
         outputs, mean, variance = fused_batch_norm.batch_norm(
             inputs,
-            *(ops.convert_to_tensor(v) for v in (self.gamma, self.beta)),
-            *(ops.convert_to_tensor(v) for v in (self.moving_mean, self.moving_variance)),
+            *(
+                ops.convert_to_tensor(v)
+                for v in (self.gamma, self.beta, self.moving_mean, self.moving_variance)
+            ),
             epsilon=self.epsilon,
             training=batch_statistics,
         )
