@@ -19,6 +19,8 @@ export KERAS_BACKEND
 	test -x .venv/bin/python || python3 -m venv .venv
 	.venv/bin/pip install --upgrade pip
 	.venv/bin/pip install -e ".[test]"
+	# OpenVINO (an export extra) reports usage to Intel unless opted out.
+	-.venv/bin/opt_in_out --opt_out >/dev/null
 	touch $@
 
 install: $(SETUP_TARGET)

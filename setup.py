@@ -50,6 +50,8 @@ setup(
             "pacseg-convert-voc=tf_pacseg.cli.convert_voc:run",
             "pacseg-convert-tf1=tf_pacseg.cli.convert_tf1:run",
             "pacseg-export=tf_pacseg.cli.export:run",
+            "pacseg-check-records=tf_pacseg.cli.check_records:run",
+            "pacseg-dataset-stats=tf_pacseg.cli.dataset_stats:run",
         ]
     },
 )

@@ -19,6 +19,9 @@ SCRIPTS = {
     "checkpoints/convert_tf1.py": ["--checkpoint=ckpt", "--output_path=x.weights.h5"],
     "data/convert_voc.py": ["--data_dir=voc"],
     "data/make_synthetic_voc.py": ["--output_dir=voc"],
+    "data/check_records.py": ["--data_dir=voc"],
+    "data/dataset_stats.py": ["--data_dir=dataset"],
+    "checkpoints/export.py": ["--model_dir=model", "--format=savedmodel", "--output_path=out"],
 }
 
 

@@ -13,8 +13,9 @@ exceptions. To see the lines, pass absl's `--verbosity=0` (or higher), or set
 changes numerics, not logging.
 
 Every entry point (`tf_pacseg.cli.train`, `.evaluate`, `.predict`,
-`.convert_voc`, `.convert_tf1`, `.make_synthetic_voc`, `.demo`) ends with
-`cli.run(main)`, `main` taking no arguments. TensorFlow must
+`.convert_voc`, `.convert_tf1`, `.export`, `.check_records`, `.dataset_stats`,
+`.make_synthetic_voc`, `.demo`) ends with `cli.run(main)`, `main` taking no
+arguments. TensorFlow must
 only be imported inside `main` (or by what it calls), so that `--verbosity`
 can still take effect.
 """

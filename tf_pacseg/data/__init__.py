@@ -1,1 +1,1 @@
-"""Datasets: TFRecords, VOC folders and their conversion, augmentation, pipelines, synthetic."""
+"""Datasets: TFRecords, VOC folders, conversion, augmentation, pipelines, checks, statistics."""

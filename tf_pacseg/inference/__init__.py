@@ -1,1 +1,1 @@
-"""Running a trained model: the forward pass, evaluation and its metrics, prediction."""
+"""Running a trained model: forward pass (whole or tiled), evaluation, reports, prediction."""
