@@ -37,7 +37,7 @@ def time_reference_in_subprocess(script):
     For ours on another Keras backend: the same flags, in a subprocess with
     `KERAS_BACKEND=tensorflow`, after ours (not alternated).
     """
-    argv = [a for a in sys.argv[1:] if not a.startswith(("--only", "--json"))]
+    argv = [a for a in sys.argv[1:] if not a.startswith(("--only", "--runtimes", "--json"))]
     result = subprocess.run(
         [sys.executable, os.path.abspath(script), *argv, "--only=reference", "--json"],
         env=dict(os.environ, KERAS_BACKEND="tensorflow"),
@@ -171,29 +171,37 @@ def time_alternating(runners, repeats, iterations, warmup):
     return {name: (statistics.median(times), times) for name, times in rounds.items()}
 
 
+# How the report names runners; others by their own name.
+_LABELS = {"keras": "ours (Keras)", "reference": "original TF1 graph"}
+
+
 def report(title, timings, unit, units_per_call, notes=()):
-    """Prints the machine, both medians with their rounds, and how many times faster ours is.
+    """Prints the machine, each runner's median with its rounds, and its ratio to the original.
 
     Args:
         title: str. The configuration.
-        timings: dict from `time_alternating`, keys "ours" and/or "reference".
+        timings: dict from `time_alternating`, {runner name: timing}, e.g.
+            "ours" and/or "reference" (the original); printed in its order.
         unit: str. What one call processes, e.g. "image" or "step".
         units_per_call: int. The batch size for images, 1 for steps.
         notes: sequence of str. Lines printed after the timings.
     """
     print(title)
     print(f"machine: {machine_description()}")
-    for name, label in (("ours", "ours"), ("reference", "original TF1 graph")):
-        if name in timings:
-            median, times = timings[name]
-            rounds = ", ".join(f"{t * 1000:.0f}" for t in times)
-            print(
-                f"  {label:<18} {median * 1000:8.1f} ms/{unit}  "
-                f"{units_per_call / median:7.3f} {unit}s/s  (rounds: {rounds} ms)"
-            )
-    if "ours" in timings and "reference" in timings:
-        ratio = timings["reference"][0] / timings["ours"][0]
-        print(f"  ratio              {ratio:.2f}x the original's rate (above 1: ours is faster)")
+    for name, (median, times) in timings.items():
+        rounds = ", ".join(f"{t * 1000:.0f}" for t in times)
+        print(
+            f"  {_LABELS.get(name, name):<18} {median * 1000:8.1f} ms/{unit}  "
+            f"{units_per_call / median:7.3f} {unit}s/s  (rounds: {rounds} ms)"
+        )
+    if "reference" in timings:
+        for name, (median, _) in timings.items():
+            if name != "reference":
+                ratio = timings["reference"][0] / median
+                print(
+                    f"  ratio {_LABELS.get(name, name):<18} {ratio:.2f}x the original's rate "
+                    "(above 1: faster)"
+                )
     for note in notes:
         print(f"  {note}")
     print(IDLE_REMINDER)

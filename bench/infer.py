@@ -1,4 +1,4 @@
-r"""Inference rate of ours against the original TF1 graph, timed in one run.
+r"""Inference rate of ours (Keras, and its exports' runtimes) against the original TF1 graph.
 
 Ours is `tf_pacseg.build_model` in inference mode (a `tf.function`, or a
 `jax.jit` on JAX); the original's is its inference graph rebuilt in
@@ -6,16 +6,24 @@ tf.compat.v1 (`tf_pacseg.testing.tf1_network.build_reference_graph`) in a
 session. By default both hold the same random weights (a TF1 checkpoint
 written by the reference and loaded into ours, the largest logit difference
 is printed). Same random images for both, alternating rounds after a
-warm-up; the medians and their ratio are printed.
+warm-up; the medians and their ratios to the original's are printed.
+
+`--runtimes` adds our model exported (at the benchmark's size, into a
+temporary folder, by `tf_pacseg.export.exporter.export_model`) and run by
+onnxruntime (`onnxruntime`) or OpenVINO's CPU plugin in float32 (`openvino`)
+or bfloat16 (`openvino_bf16`), each with its largest logit difference from
+Keras; the exports need the TensorFlow backend and their extras.
 
     python bench/infer.py --base_architecture=resnet_v1_101 --head=pac \
         --height=513 --width=513 --batch_size=1
     python bench/infer.py --units_per_block=1,1,1,1 --height=65 --width=65 \
         --repeats=2 --iterations=2 --warmup=1   # a smoke test
+    python bench/infer.py --runtimes=keras,onnxruntime,openvino,reference ...
     KERAS_BACKEND=jax python bench/infer.py ...   # ours on JAX, the original in a
                                                   # TensorFlow subprocess
 """
 
+import functools
 import json
 import os
 import tempfile
@@ -25,6 +33,16 @@ import profiling
 from absl import flags
 
 from tf_pacseg import cli, constants
+
+# Runners: ours in Keras, our exports in their runtimes, the original TF1 graph.
+RUNTIMES = ("keras", "onnxruntime", "openvino", "openvino_bf16", "reference")
+# Exported runners: (export format, OpenVINO precision).
+_EXPORTS = {
+    "onnxruntime": ("onnx", "f32"),
+    "openvino": ("openvino", "f32"),
+    "openvino_bf16": ("openvino", "bf16"),
+}
+_ONLY = {"both": ["keras", "reference"], "ours": ["keras"], "reference": ["reference"]}
 
 flags.DEFINE_enum(
     "base_architecture", "resnet_v1_101", list(constants.BASE_ARCHITECTURES), "Backbone."
@@ -45,6 +63,11 @@ flags.DEFINE_boolean(
     "same_weights", True, "Load the reference's random weights into ours (else both random)."
 )
 flags.DEFINE_enum("only", "both", ["both", "ours", "reference"], "What to time.")
+flags.DEFINE_list(
+    "runtimes",
+    None,
+    f"What to time, of {','.join(RUNTIMES)} (default: as --only says; not with --only).",
+)
 flags.DEFINE_integer("repeats", 5, "Alternating rounds; the median round counts.", lower_bound=1)
 flags.DEFINE_integer("iterations", 3, "Timed forward passes per round and network.", lower_bound=1)
 flags.DEFINE_integer("warmup", 2, "Untimed forward passes first (tracing).", lower_bound=1)
@@ -155,12 +178,69 @@ def _write_checkpoint(directory):
     return prefix
 
 
+def selected_runtimes():
+    """The runners to time, in order: --runtimes, else those that --only names."""
+    if not FLAGS.runtimes:
+        return _ONLY[FLAGS.only]
+    if FLAGS.only != "both":
+        raise ValueError("Give --runtimes or --only, not both.")
+    unknown = [name for name in FLAGS.runtimes if name not in RUNTIMES]
+    if unknown:
+        raise ValueError(f"Unknown --runtimes {unknown}: expected some of {', '.join(RUNTIMES)}.")
+    return list(dict.fromkeys(FLAGS.runtimes))
+
+
+def make_exported_forward(model, images, name, directory):
+    """A callable running `model`, exported for runner `name` into `directory`, on `images`."""
+    from tf_pacseg.export.exporter import export_model
+    from tf_pacseg.export.formats import SUFFIXES
+    from tf_pacseg.inference import runtimes
+
+    format, precision = _EXPORTS[name]
+    path = os.path.join(directory, f"model{SUFFIXES[format]}")
+    if not os.path.exists(path):  # openvino and openvino_bf16 share one export.
+        export_model(model, format, path, input_size=(FLAGS.height, FLAGS.width))
+    exported = runtimes.load_exported_model(path, precision)
+    return functools.partial(exported, images)
+
+
+def make_runners(names, images, checkpoint, directory):
+    """({name: callable returning numpy logits} in the order of `names`, our model or None)."""
+    import keras
+
+    runners, ours, model = {}, None, None
+    if any(name != "reference" for name in names):
+        ours, model = make_our_forward(images, checkpoint)
+    for name in names:
+        if name == "keras":
+            runners[name] = ours
+        elif name in _EXPORTS:
+            runners[name] = make_exported_forward(model, images, name, directory)
+        elif keras.backend.backend() == "tensorflow":
+            runners[name] = make_reference_forward(images, checkpoint)
+    return runners, ours, model
+
+
+def _difference_note(runners, ours, same_weights):
+    """ "max |logit difference| from keras: …" of every runner holding our weights."""
+    import numpy as np
+
+    expected = ours()
+    differences = [
+        f"{name} {float(np.abs(run() - expected).max()):.2g}"
+        for name, run in runners.items()
+        if name != "keras" and (name != "reference" or same_weights)
+    ]
+    return "max |logit difference| from keras: " + ", ".join(differences) if differences else None
+
+
 def main():
     import keras
     import numpy as np
 
     common.quiet_python_logs()
     backend = keras.backend.backend()
+    names = selected_runtimes()
     images = np.random.default_rng(0).uniform(
         0, 255, (FLAGS.batch_size, FLAGS.height, FLAGS.width, 3)
     )
@@ -168,38 +248,34 @@ def main():
     if FLAGS.mixed_precision != "none":
         keras.mixed_precision.set_dtype_policy(FLAGS.mixed_precision)
     # The same weights need the reference here, on TensorFlow.
-    same_weights = FLAGS.same_weights and FLAGS.only == "both" and backend == "tensorflow"
+    same_weights = (
+        FLAGS.same_weights and "reference" in names and len(names) > 1 and backend == "tensorflow"
+    )
+    notes = []
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = _write_checkpoint(directory) if same_weights else None
-        runners, notes = {}, []
-        if FLAGS.only in ("both", "ours"):
-            runners["ours"], model = make_our_forward(images, checkpoint)
-        if FLAGS.only in ("both", "reference") and backend == "tensorflow":
-            runners["reference"] = make_reference_forward(images, checkpoint)
-        difference = None
-        if checkpoint and len(runners) == 2:
-            difference = float(np.abs(runners["ours"]() - runners["reference"]()).max())
+        runners, ours, model = make_runners(names, images, checkpoint, directory)
+        if ours is not None:
+            notes.append(_difference_note(runners, ours, same_weights))
         timings = common.time_alternating(runners, FLAGS.repeats, FLAGS.iterations, FLAGS.warmup)
     note = ""
-    if FLAGS.only == "both" and backend != "tensorflow":
+    if "reference" in names and "reference" not in runners:
         timings["reference"] = common.time_reference_in_subprocess(__file__)
         note = " (the original timed after ours, in a TensorFlow subprocess: not alternated)"
     if FLAGS.json:
         print(json.dumps(timings))
         return
-    if "ours" in runners:
-        rate = FLAGS.batch_size / timings["ours"][0]
+    if "keras" in runners:
+        rate = FLAGS.batch_size / timings["keras"][0]
         flops = common.forward_flops(model, FLAGS.height, FLAGS.width)
         notes.append(
             f"ours: {rate:.1f} images/s; "
             + common.utilisation_line(flops, rate, FLAGS.mixed_precision)
         )
         if FLAGS.profile:
-            notes.extend(profiling.profile_table(runners["ours"], FLAGS.iterations))
+            notes.extend(profiling.profile_table(runners["keras"], FLAGS.iterations))
     units = ",".join(FLAGS.units_per_block) if FLAGS.units_per_block else "full"
     weights = "same random weights" if same_weights else "independent random weights"
-    if difference is not None:
-        weights += f", max |logits difference| {difference:.2g}"
     xla = FLAGS.jit_compile or backend == "jax"
     common.report(
         f"inference {FLAGS.base_architecture} ({units}) + {FLAGS.head}, OS{FLAGS.output_stride}, "
@@ -210,7 +286,7 @@ def main():
         timings,
         "image",
         FLAGS.batch_size,
-        notes,
+        [note for note in notes if note],
     )
 
 

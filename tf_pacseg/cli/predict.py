@@ -5,13 +5,16 @@ r"""Segments every image of a folder with a trained model.
         --output_dir=overlays --output_format=overlay
     python predict.py --model_dir=model --input_dir=scans --output_dir=masks \
         --inference_mode=slide --tile_batch_size=8
+    python predict.py --model_path=pacseg.onnx --input_dir=photos --output_dir=masks
 
 Images (.jpg, .jpeg, .png, .bmp, any case) run at their own size: whole, or
 above --max_whole_pixels (4 MP) as overlapping tiles, which bounds memory by
 the tile batch instead of the image. Outputs are named after the input
 (photos/cat.jpg -> masks/cat.png). Unreadable files, and images above
 --max_image_pixels, are reported and skipped. The input folder is never
-written to. Runs on either Keras backend (KERAS_BACKEND=tensorflow or jax).
+written to. Runs on either Keras backend (KERAS_BACKEND=tensorflow or jax), or
+(--model_path) an ONNX or OpenVINO export of checkpoints/export.py, run on the
+CPU by onnxruntime or OpenVINO, with the same outputs and tiling.
 """
 
 import sys
@@ -22,13 +25,16 @@ from tf_pacseg import cli, constants
 from tf_pacseg.cli.model_flags import (
     class_names_from_flags,
     define_class_names_flag,
+    define_exported_model_flags,
     define_inference_flags,
     define_model_flags,
+    exported_model_from_flags,
     load_model_from_flags,
     tiling_from_flags,
 )
 
 define_model_flags()
+define_exported_model_flags()
 define_inference_flags()
 define_class_names_flag()
 
@@ -64,13 +70,15 @@ flags.DEFINE_integer(
     "decompression bombs; replaces Pillow's own limit).",
     lower_bound=1,
 )
-flags.mark_flags_as_required(["model_dir", "input_dir", "output_dir"])
+flags.mark_flags_as_required(["input_dir", "output_dir"])
+flags.mark_flags_as_mutual_exclusive(["model_dir", "model_path"], required=True)
 FLAGS = flags.FLAGS
 
 
 def main():
     from PIL import Image
 
+    from tf_pacseg.export.extras import MissingExtraError
     from tf_pacseg.inference import prediction
 
     # --max_image_pixels is the only limit: Pillow's would warn above 89 MP.
@@ -78,7 +86,7 @@ def main():
     try:
         tiling = tiling_from_flags()  # Before the slow load, as the folder check.
         prediction.check_folders(FLAGS.input_dir, FLAGS.output_dir)
-        model = load_model_from_flags()
+        model = exported_model_from_flags() if FLAGS.model_path else load_model_from_flags()
         legend = FLAGS.output_format == "overlay" and FLAGS.overlay_legend
         names = class_names_from_flags(model.num_classes) if legend else None
         summary = prediction.predict_folder(
@@ -91,7 +99,7 @@ def main():
             tiling=tiling,
             max_image_pixels=FLAGS.max_image_pixels,
         )
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, MissingExtraError) as error:
         sys.exit(f"predict.py: {error}")
     print(summary)
 

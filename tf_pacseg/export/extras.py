@@ -10,6 +10,10 @@ FORMAT_EXTRAS = {
 }
 
 
+class MissingExtraError(ImportError):
+    """A format's optional dependency is not installed; the message names the extra."""
+
+
 def require(format, module):
     """Imports `module`, one of `format`'s dependencies, or says which extra installs it.
 
@@ -21,14 +25,14 @@ def require(format, module):
         The imported module.
 
     Raises:
-        ImportError: the module is missing; the message names the extra.
+        MissingExtraError: the module is missing; the message names the extra.
     """
     extra = FORMAT_EXTRAS[format][0]
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        raise ImportError(
-            f"Exporting to {format} needs the `{extra}` extra, which installs `{module}`: "
+        raise MissingExtraError(
+            f"The {format} format needs the `{extra}` extra, which installs `{module}`: "
             f'pip install -e ".[{extra}]" (in the checkout). ({error})'
         ) from error
 

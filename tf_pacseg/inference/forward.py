@@ -27,6 +27,7 @@ import numpy as np
 from keras import ops
 
 from tf_pacseg import checks
+from tf_pacseg.inference.runtimes import ExportedModel
 from tf_pacseg.model.resize import resize_bilinear
 
 # Compiled forward passes per model, kept while the model lives: evaluating
@@ -75,12 +76,14 @@ def forward_fn(model):
 
     Args:
         model: a Keras segmentation model: float RGB 0..255 [N, H, W, 3] in,
-            logits [N, H, W, num_classes] out.
+            logits [N, H, W, num_classes] out; or a `runtimes.ExportedModel`.
 
     Returns:
         A function of float32 images [N, H, W, 3] returning float32 logits
-        (a backend tensor).
+        (a backend tensor; NumPy for an `ExportedModel`, its own forward pass).
     """
+    if isinstance(model, ExportedModel):  # Compiled by its runtime already.
+        return model
     backend = keras.backend.backend()
     checks.one_of("KERAS_BACKEND", backend, tuple(_COMPILERS))
     cached = _FORWARD_CACHE.setdefault(model, {})

@@ -14,6 +14,7 @@ Example:
 model = saving.load_model("model")
 summary = predict_folder(model, "photos", "masks", output_format="overlay")
 print(summary)
+summary = predict_folder(runtimes.load_exported_model("model.onnx"), "photos", "masks")
 ```
 """
 
@@ -268,7 +269,8 @@ def predict_folder(
 
     Args:
         model: a Keras segmentation model (RGB 0..255 in, logits out), e.g.
-            from `saving.load_model`.
+            from `saving.load_model`, or an export run by its runtime
+            (`runtimes.load_exported_model`).
         input_dir: str. Folder of .jpg/.jpeg/.png/.bmp images (any case).
         output_dir: str. Created if needed; must not be `input_dir` or inside it.
         output_format: str. `"color"`: PNG of VOC palette colours (mode 'P':
