@@ -30,14 +30,15 @@ SCRIPT = textwrap.dedent(
     sys.meta_path.insert(0, NoTensorFlow())
     import keras
     import numpy as np
-    from tf_pacseg.training import TrainConfig, build_optimizer, build_training_model, jax_step
+    from tf_pacseg.training import TrainConfig, build_optimizer, build_training_model
+    from tf_pacseg.training import components, jax_step
 
     config = TrainConfig(**json.loads(config))
     model = build_training_model(config)  # BatchNorm's training mode is the config's.
     # The references have no dropout: a rate of 0 makes Keras' Dropout the identity.
     model.get_layer("network.dropout").rate = 0.0
     optimizer = build_optimizer(config)
-    step = jax_step.JaxTrainStep(model, optimizer, loss=config.loss)
+    step = jax_step.JaxTrainStep(model, optimizer, **components.objective_arguments(config))
     # Loaded after the step exists, as train.py loads pre-trained weights.
     model.load_weights(weights)
     arrays = np.load(batch)

@@ -282,6 +282,7 @@ def test_jax_engine_trains_resumes_evaluates_and_exports(records, tmp_path):
         "export",
         "model.json",
         "model.weights.h5",
+        "run.lock",  # Released (empty), kept for the next run to lock.
         "train",
     ]
     with np.load(os.path.join(model_dir, "ckpt-4.npz")) as checkpoint:

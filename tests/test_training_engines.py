@@ -14,6 +14,9 @@ N(0, 1e-5) (0..255 scale), and per kind of variable the JAX step's updates
 must stay within `K` times that noise floor plus two float32 units in the
 last place of the variable. An update is compared by the relative L2 norm of
 the difference, `|(jax - initial) - (tf - initial)| / |tf - initial|`.
+
+Each comparison runs with the original's loss and with class weights and the
+hardest half of the pixels (`LOSS_OPTIONS`).
 """
 
 import numpy as np
@@ -23,6 +26,7 @@ from helpers import randomize_weights
 from jax_training import MOMENTUM_PREFIX, STEP_KEY, run_jax_steps
 
 from tf_pacseg.training import TrainConfig, TrainStep, build_optimizer, build_training_model
+from tf_pacseg.training.components import objective_arguments
 from tf_pacseg.weights.saving import save_model_weights
 
 CONFIG = dict(
@@ -37,6 +41,11 @@ BATCH, SIZE, STEPS = 4, 33, 1
 PERTURBATION = 1e-5
 K = 4.0
 KINDS = ("kernel", "momentum", "moving_mean", "moving_variance", "other")
+# The loss settings each comparison runs with: the original's, and both options.
+LOSS_OPTIONS = {
+    "original": {},
+    "class_weights_top_k": dict(class_weights=(0.5, 2.0, 1.0, 0.0, 3.0), top_k_percent_pixels=0.5),
+}
 
 
 def _kind(name):
@@ -57,13 +66,14 @@ def _batch(seed=0):
     return images, labels
 
 
-def _tf_steps(model_weights, images, labels):
+def _tf_steps(config, model_weights, images, labels):
     """The TensorFlow engine's STEPS steps: (losses, {variable path: value}) ."""
-    model = build_training_model(TrainConfig(**CONFIG))
+    config = TrainConfig(**config)
+    model = build_training_model(config)
     model.set_weights(model_weights)
     model.get_layer("network.dropout").rate = 0.0
-    optimizer = build_optimizer(TrainConfig(**CONFIG))
-    step = TrainStep(model, optimizer, tf.distribute.get_strategy())
+    optimizer = build_optimizer(config)
+    step = TrainStep(model, optimizer, tf.distribute.get_strategy(), **objective_arguments(config))
     losses = [float(step(tf.constant(images), tf.constant(labels))["loss"]) for _ in range(STEPS)]
     values = {v.path: v.numpy() for v in model.weights}
     for variable, slot in zip(step.variables, optimizer.accumulators, strict=True):
@@ -95,9 +105,10 @@ def _resolution(reference, initial):
     return resolved
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+@pytest.fixture(scope="module", params=sorted(LOSS_OPTIONS))
+def runs(request, tmp_path_factory):
     """Both engines' steps from one random initialisation, and the TF noise floor."""
+    config = {**CONFIG, **LOSS_OPTIONS[request.param]}
     root = tmp_path_factory.mktemp("engines")
     model = build_training_model(TrainConfig(**CONFIG))
     randomize_weights(model, seed=1, residual_scale=0.3)
@@ -105,13 +116,13 @@ def runs(tmp_path_factory):
     save_model_weights(model, weights_path)
     initial = {v.path: v.numpy() for v in model.weights}
     images, labels = _batch()
-    info, snapshots = run_jax_steps(weights_path, CONFIG, images, labels, STEPS, root, devices=2)
+    info, snapshots = run_jax_steps(weights_path, config, images, labels, STEPS, root, devices=2)
     jax_values = {k: v for k, v in snapshots[-1].items() if k != STEP_KEY}
 
     start = model.get_weights()
-    tf_losses, tf_values = _tf_steps(start, images, labels)
+    tf_losses, tf_values = _tf_steps(config, start, images, labels)
     noise = np.random.default_rng(2).normal(0.0, PERTURBATION, images.shape)
-    noisy_losses, noisy_values = _tf_steps(start, images + noise.astype(np.float32), labels)
+    noisy_losses, noisy_values = _tf_steps(config, start, images + noise.astype(np.float32), labels)
     return dict(
         info=info,
         initial=initial,

@@ -1,9 +1,30 @@
-"""Crash-safe file writing: nothing half-written ever carries a final name."""
+"""Crash-safe file writing: nothing half-written ever carries a final name.
+
+Also `SaveError`, the one-line report of a save that a full or unwritable
+disk stopped (`check_free_space`, `reporting_disk_errors`).
+"""
 
 import contextlib
+import errno
 import os
+import re
 import secrets
+import shutil
 import stat
+
+# Write errors that more room, or a writable folder, would have avoided.
+_DISK_ERRNOS = tuple(
+    code
+    for code in (
+        errno.ENOSPC,
+        getattr(errno, "EDQUOT", None),
+        errno.EFBIG,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+    )
+    if code is not None
+)
 
 # Flags of a file created by `open(path, "xb")`, not following a link at the name.
 _CREATE_FLAGS = (
@@ -64,3 +85,98 @@ def temporary_path(path):
     """A sibling name for writers that need a path, not a file object (rename when done)."""
     directory, name = os.path.split(os.path.abspath(path))
     return os.path.join(directory, f".{name}.partial")
+
+
+def temporary_names(name_pattern):
+    """The names `atomic_write` and `temporary_path` give the temporaries of `name_pattern`.
+
+    Args:
+        name_pattern: str. A regular expression of the final names.
+
+    Returns:
+        A compiled regular expression, to `fullmatch` against names in a folder.
+    """
+    return re.compile(rf"\.(?:{name_pattern})\.(?:[0-9a-f]{{8}}\.tmp|partial)")
+
+
+class SaveError(OSError):
+    """A save that a full or unwritable disk stopped (or would stop).
+
+    Its message is one line for the user: what was being saved, where, the
+    bytes it needs where known, and the free space. `errno` is the failure's
+    (ENOSPC when the space was checked before writing).
+    """
+
+
+def disk_errno(error):
+    """The errno of `error` when a full or unwritable disk caused it, else None.
+
+    Python and h5py set `errno`; TensorFlow's file errors only end their
+    message with its text ("...; No space left on device").
+    """
+    code = getattr(error, "errno", None)
+    if code in _DISK_ERRNOS:
+        return code
+    message = str(error)
+    return next((code for code in _DISK_ERRNOS if os.strerror(code) in message), None)
+
+
+def free_bytes(path):
+    """(folder, its disk's free bytes) for `path`, or its nearest folder that exists."""
+    folder = os.path.abspath(path)
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return folder, shutil.disk_usage(folder).free
+
+
+def format_bytes(count):
+    """`123 B`, `4.5 kB`, `67.8 MB`, `9.1 GB`, `2.0 TB` (powers of 1000, as `df -H`)."""
+    units = ("B", "kB", "MB", "GB", "TB")
+    power = 0
+    while count >= 1000 and power < len(units) - 1:
+        count /= 1000
+        power += 1
+    return f"{count:.0f} B" if power == 0 else f"{count:.1f} {units[power]}"
+
+
+def _save_error(code, what, path, needed, advice):
+    folder, free = free_bytes(path)
+    needs = f"it needs about {format_bytes(needed)} and " if needed else ""
+    message = (
+        f"Could not save {what} to {path}: {os.strerror(code)} ({needs}{folder} has "
+        f"{format_bytes(free)} free)."
+    )
+    error = SaveError(" ".join(filter(None, (message, advice))))
+    error.errno = code
+    return error
+
+
+def check_free_space(what, path, needed, advice=""):
+    """Raises `SaveError` before writing when the disk of `path` has less than `needed` bytes.
+
+    Args:
+        what: str. What is saved, for the message (e.g. "the checkpoint of step 5").
+        path: str. Where.
+        needed: int. Bytes the save will write.
+        advice: str. What to do, appended to the message. Defaults to "".
+    """
+    if free_bytes(path)[1] < needed:
+        raise _save_error(errno.ENOSPC, what, path, needed, advice)
+
+
+@contextlib.contextmanager
+def reporting_disk_errors(what, path, needed=None, advice=""):
+    """Raises a write error of a full or unwritable disk again as a `SaveError`.
+
+    Other errors pass unchanged. Args as in `check_free_space` (`needed` may
+    be None: not known).
+    """
+    try:
+        yield
+    except SaveError:
+        raise
+    except Exception as error:
+        code = disk_errno(error)
+        if code is None:
+            raise
+        raise _save_error(code, what, path, needed, advice) from error

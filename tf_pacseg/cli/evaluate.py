@@ -79,6 +79,14 @@ flags.DEFINE_integer(
     lower_bound=0,
     upper_bound=255,
 )
+flags.DEFINE_bool(
+    "skip_bad_records",
+    False,
+    "With --data_dir: leave out the records that cannot be read (a damaged file is read up "
+    "to the damaged record), each logged, their count in the summary and in --output_json "
+    "(skipped_records). Without it, such a record stops the evaluation with one line naming "
+    "it.",
+)
 flags.DEFINE_string("output_json", None, "Also write the results (and confusion matrix) here.")
 flags.DEFINE_string(
     "per_image_json",
@@ -147,10 +155,13 @@ def main():
             tiling=tiling,
             class_names=names,
             on_image=image_matrices.__setitem__ if FLAGS.per_image_json else None,
+            skip_bad_records=FLAGS.skip_bad_records,
         )
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"evaluate.py: {error}")
     print(report.format_result(result))
+    if "skipped_records" in result:
+        print(f"{result['skipped_records']} unreadable records skipped (logged above).")
     _write_reports(result, image_matrices, names)
 
 

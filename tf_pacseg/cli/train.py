@@ -13,6 +13,13 @@ device). Training resumes from the latest checkpoint in --model_dir
 TensorBoard: model_dir/train and model_dir/eval. evaluate.py and predict.py
 take --model_dir directly (model.weights.h5 + model.json); model_dir/export is
 an inference SavedModel (images float32 [N, H, W, 3] in 0..255 -> logits).
+One run per model_dir at a time: a second is refused, naming the first (pid,
+host, command). A full or unwritable disk stops training with one line naming
+the file, the space it needs and the free space; the earlier saves stay intact.
+A record that cannot be read (a damaged file, an image or label that does not
+decode) stops training with one line naming it, nothing saved after the last
+checkpoint (python data/check_records.py --data_dir=... lists every bad
+record); --skip_bad_records leaves such records out instead.
 
 Several machines (TensorFlow engine): set TF_CONFIG on each worker and run the
 same command on all of them (MultiWorkerMirroredStrategy; --num_gpu GPUs per
@@ -43,7 +50,13 @@ def main():
 
     try:
         result = training.train(training_flags.config_from_flags())
-    except (FileNotFoundError, ValueError, training.NonFiniteLossError) as error:
+    except (
+        FileNotFoundError,
+        ValueError,
+        training.NonFiniteLossError,
+        training.RunLockedError,
+        training.SaveError,
+    ) as error:
         sys.exit(f"train.py: {error}")
     if result.interrupted:
         sys.exit(128 + result.interrupted)

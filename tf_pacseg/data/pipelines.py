@@ -22,11 +22,11 @@ from tf_pacseg.data import augmentation, records, sharding
 _MAX_CYCLE_LENGTH = 8
 
 
-def _training_examples(files, input_context, seed, shuffle_buffer, repeat, start):
+def _training_examples(files, input_context, seed, shuffle_buffer, repeat, start, skip_list):
     """(serialized example, augmentation seed) pairs in training order, epoch after epoch.
 
     Args:
-        files, input_context, seed, shuffle_buffer, repeat: as in `train_dataset`.
+        files, input_context, seed, shuffle_buffer, repeat, skip_list: as in `train_dataset`.
         start: (epoch, examples of it to skip): where a resumed run starts.
     """
     start_epoch, skip = start
@@ -46,7 +46,7 @@ def _training_examples(files, input_context, seed, shuffle_buffer, repeat, start
             tf.random.experimental.stateless_split(key, num=3)
         )
         examples = sharding.read_records(
-            files, input_context, _MAX_CYCLE_LENGTH, deterministic, file_order_seed
+            files, input_context, _MAX_CYCLE_LENGTH, deterministic, file_order_seed, skip_list
         )
         examples = sharding.block_shuffle(examples, shuffle_buffer, order_seed)
         # Each example's seed from its index in the epoch.
@@ -76,6 +76,7 @@ def train_dataset(
     repeat=False,
     input_context=None,
     start_step=0,
+    skip_list=None,
 ):
     """The training pipeline: shuffled, augmented, batched examples.
 
@@ -117,6 +118,11 @@ def train_dataset(
             read. Only with a `seed` (without one, the order is new anyway
             and nothing is skipped). Counting where the step falls reads the
             pipeline's records once. Defaults to 0.
+        skip_list: `bad_records.SkipList` or None. Records left out, before
+            anything else (--skip_bad_records): an epoch is the records read,
+            and `start_step` counts in them. Defaults to None: every record
+            is read, and a record that cannot be read is an error of the
+            iterator.
 
     Returns:
         A `tf.data.Dataset` of (images, labels): float32
@@ -143,9 +149,11 @@ def train_dataset(
     if seed is not None and start_step:
         start = divmod(
             start_step * sharding.examples_per_step(batch_size, input_context),
-            sharding.examples_per_epoch(files, input_context),
+            sharding.examples_per_epoch(files, input_context, skip_list),
         )
-    dataset = _training_examples(files, input_context, seed, shuffle_buffer, repeat, start)
+    dataset = _training_examples(
+        files, input_context, seed, shuffle_buffer, repeat, start, skip_list
+    )
 
     def parse_and_augment(serialized, element_seed):
         image, label = records.parse_example(serialized)

@@ -26,6 +26,7 @@ import concurrent.futures
 import dataclasses
 import os
 import re
+import threading
 import time
 
 import numpy as np
@@ -75,6 +76,10 @@ _REQUIRED = {
 }
 _OPTIONAL = {constants.IMAGE_FORMAT: "bytes_list", constants.LABEL_FORMAT: "bytes_list"}
 
+# `check_record_files` scans files in threads; a `tf.data` dataset is built by
+# tracing functions in Python, which crashed once when threads did it at once.
+_BUILDING_DATASET = threading.Lock()
+
 
 @dataclasses.dataclass(frozen=True)
 class BadRecord:
@@ -96,12 +101,16 @@ class BadRecord:
     detail: str
     record_id: str | None = None
 
+    @property
+    def remedy(self):
+        """str. What to do about it."""
+        return _REMEDIES.get(self.problem, _RECONVERT)
+
     def __str__(self):
         named = f", id {self.record_id!r}" if self.record_id else ""
-        remedy = _REMEDIES.get(self.problem, _RECONVERT)
         return (
             f"{self.shard}: record {self.position} (byte {self.offset}{named}): "
-            f"{self.problem}: {self.detail.rstrip('.')}. To fix: {remedy}."
+            f"{self.problem}: {self.detail.rstrip('.')}. To fix: {self.remedy}."
         )
 
 
@@ -258,7 +267,8 @@ def scan_shard(path, num_classes=constants.NUM_CLASSES, ignore_label=constants.I
     bad = []
     # TensorFlow's reader checks the CRCs in C++, far faster than `framing`;
     # it cannot go past a corrupted record, so the rest is read by `framing`.
-    dataset = iter(tf.data.TFRecordDataset(path))
+    with _BUILDING_DATASET:
+        dataset = iter(tf.data.TFRecordDataset(path))
     with open(path, "rb") as f:
         for position, frame in enumerate(frames):
             if dataset is not None:

@@ -51,7 +51,9 @@ def shard_plan(files, input_context):
     return num_pipelines, pipeline_id, num_pipelines > 1 and len(files) >= num_pipelines
 
 
-def read_records(files, input_context, cycle_length, deterministic, file_order_seed=None):
+def read_records(
+    files, input_context, cycle_length, deterministic, file_order_seed=None, skip_list=None
+):
     """Serialized examples of `files`, sharded for `input_context` when one is given.
 
     Args:
@@ -61,17 +63,20 @@ def read_records(files, input_context, cycle_length, deterministic, file_order_s
         deterministic: bool. Whether the interleave keeps its order.
         file_order_seed: stateless seed, shape (2,), or None. With one, the
             files are read in an order drawn from it. Defaults to None.
+        skip_list: `bad_records.SkipList` or None. Records left out of each file,
+            before the interleave (and the sharding by record). Defaults to
+            None: every record.
     """
     num_pipelines, pipeline_id, shard_files = shard_plan(files, input_context)
     if shard_files:
         files = files[pipeline_id::num_pipelines]
     cycle_length = min(len(files), cycle_length)
-    files = tf.constant(files)
+    order = tf.range(len(files), dtype=tf.int64)
     if file_order_seed is not None:
-        keys = tf.random.stateless_uniform(tf.shape(files), seed=file_order_seed)
-        files = tf.gather(files, tf.argsort(keys))
-    dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
-        tf.data.TFRecordDataset,
+        keys = tf.random.stateless_uniform([len(files)], seed=file_order_seed)
+        order = tf.gather(order, tf.argsort(keys))
+    dataset = tf.data.Dataset.from_tensor_slices(order).interleave(
+        _file_reader(files, skip_list),
         cycle_length=cycle_length,
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -82,6 +87,26 @@ def read_records(files, input_context, cycle_length, deterministic, file_order_s
     return dataset
 
 
+def _file_reader(files, skip_list):
+    """A function of a file's index in `files`: the dataset of its records, less `skip_list`'s."""
+    names = tf.constant(files)
+    if skip_list is None:
+        return lambda index: tf.data.TFRecordDataset(names[index])
+    limits = tf.constant([skip_list.limit(name) for name in files], tf.int64)
+    # Each file's bad positions, padded with -1 (no position) to the longest list.
+    positions = [skip_list.bad_positions(name) for name in files]
+    width = max([1, *map(len, positions)])
+    bad = tf.constant([list(p) + [-1] * (width - len(p)) for p in positions], tf.int64)
+
+    def read(index):
+        file_bad = bad[index]
+        numbered = tf.data.TFRecordDataset(names[index]).take(limits[index]).enumerate()
+        numbered = numbered.filter(lambda position, _: tf.reduce_all(position != file_bad))
+        return numbered.map(lambda _, record: record)
+
+    return read
+
+
 def per_replica_batch_size(batch_size, input_context):
     """The batch of one replica: `batch_size` split over `input_context`'s replicas."""
     if input_context is None:
@@ -89,12 +114,22 @@ def per_replica_batch_size(batch_size, input_context):
     return input_context.get_per_replica_batch_size(batch_size)
 
 
-def examples_per_epoch(files, input_context):
-    """The examples one epoch of this input pipeline reads (sharded as `read_records`)."""
+def examples_per_epoch(files, input_context, skip_list=None):
+    """The examples one epoch of this input pipeline reads (sharded as `read_records`).
+
+    Args:
+        files: list of str. Resolved record files.
+        input_context: `tf.distribute.InputContext` or None.
+        skip_list: `bad_records.SkipList` or None: counts only the records read.
+            Defaults to None (reads the files to count them).
+    """
     num_pipelines, pipeline_id, shard_files = shard_plan(files, input_context)
     if shard_files:
-        return records.count_examples(files[pipeline_id::num_pipelines])
-    return len(range(pipeline_id, records.count_examples(files), num_pipelines))
+        files = files[pipeline_id::num_pipelines]
+    count = records.count_examples(files) if skip_list is None else skip_list.num_readable(files)
+    if shard_files:
+        return count
+    return len(range(pipeline_id, count, num_pipelines))
 
 
 def examples_per_step(batch_size, input_context):

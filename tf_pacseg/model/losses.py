@@ -7,6 +7,11 @@ entropy of pixels near class boundaries: label edges are counted, pooled 4×4,
 blurred with a 35×35 Gaussian and resized back, giving per-pixel weights in
 [0.5, 4].
 
+Two options of TF DeepLab's loss, off by default: per-class weights
+(`class_weights`, e.g. median-frequency balancing) multiply each pixel's
+weight, and `top_k_percent_pixels` keeps only the hardest pixels' weighted
+losses (hard example mining).
+
 Everything here is `keras.ops`, so it runs on the TensorFlow and JAX backends.
 """
 
@@ -16,6 +21,12 @@ from keras import ops
 
 from tf_pacseg import checks
 from tf_pacseg.constants import IGNORE_LABEL, NUM_CLASSES
+from tf_pacseg.model.loss_options import (
+    check_class_weights,
+    check_top_k_percent_pixels,
+    hardest_pixels,
+    pixel_class_weights,
+)
 from tf_pacseg.model.resize import resize_bilinear
 
 # The original's `gaussian_kernel(17, 17, sigma=3)`: a 35×35 kernel
@@ -153,17 +164,25 @@ def boundary_aware_loss_terms(
     num_classes=NUM_CLASSES,
     ignore_label=IGNORE_LABEL,
     use_boundary_weights=True,
+    class_weights=None,
+    top_k_percent_pixels=1.0,
 ):
     """Numerator and denominator of `boundary_aware_loss`.
 
     Under data parallelism, summing the numerators and the denominators over
-    replicas before dividing gives exactly the loss of the global batch.
+    replicas before dividing gives exactly the loss of the global batch
+    (with `top_k_percent_pixels` < 1, each replica keeps its own hardest
+    pixels).
 
     Returns:
-        (Σ_i w_i·m_i·CE_i, #{i : w_i·m_i ≠ 0}), float32 scalars. Arguments as
-        in `boundary_aware_loss`.
+        (Σ_i w_i·m_i·CE_i, #{i : w_i·m_i ≠ 0}), float32 scalars, where w_i
+        includes the class weight; with `top_k_percent_pixels` < 1, (the sum
+        of the k largest w_i·m_i·CE_i, min(k, #{i : w_i·m_i ≠ 0})). Arguments
+        as in `boundary_aware_loss`.
     """
     checks.positive_int("num_classes", num_classes)
+    class_weights = check_class_weights(class_weights, num_classes)
+    top_k_percent_pixels = check_top_k_percent_pixels(top_k_percent_pixels)
     labels = _squeeze_labels(labels)
     logits = ops.cast(ops.convert_to_tensor(logits), "float32")
     if logits.shape[-1] is not None and logits.shape[-1] != num_classes:
@@ -182,9 +201,13 @@ def boundary_aware_loss_terms(
     weights = mask
     if use_boundary_weights:
         weights = weights * boundary_aware_weights(labels, num_classes, ignore_label)[..., 0]
+    if class_weights is not None:
+        weights = weights * pixel_class_weights(labels, class_weights, num_classes)
     weights = ops.stop_gradient(weights)
     num_present = ops.sum(ops.cast(weights != 0.0, "float32"))
-    return ops.sum(weights * cross_entropy), num_present
+    if top_k_percent_pixels == 1.0:
+        return ops.sum(weights * cross_entropy), num_present
+    return hardest_pixels(weights * cross_entropy, num_present, top_k_percent_pixels)
 
 
 def boundary_aware_loss(
@@ -193,6 +216,8 @@ def boundary_aware_loss(
     num_classes=NUM_CLASSES,
     ignore_label=IGNORE_LABEL,
     use_boundary_weights=True,
+    class_weights=None,
+    top_k_percent_pixels=1.0,
 ):
     """Boundary-aware softmax cross entropy, as the original computes it.
 
@@ -205,6 +230,15 @@ def boundary_aware_loss(
     an all-zero one-hot row, so its CE is 0 but it still counts in the
     denominator, exactly as in the original.
 
+    The options (TF DeepLab's) keep that reduction. `class_weights` multiply
+    w_i by the weight c of the pixel's class, so the denominator counts the
+    pixels whose class weight is not 0: with all weights 1 the loss is the
+    plain one. `top_k_percent_pixels` = p < 1 keeps the k = max(1, ⌊p·N·H·W⌋)
+    largest weighted pixel losses of the batch (ignored pixels count in
+    N·H·W, as in DeepLab) and divides their sum by min(k, #{i : w_i·m_i ≠ 0}):
+    the mean over the hardest pixels (DeepLab divides by the number of
+    non-zero losses among them, the same but where a kept loss underflows to 0).
+
     Args:
         labels: int tensor [N, H, W] or [N, H, W, 1] of class ids.
         logits: float tensor [N, H, W, num_classes]; float16/bfloat16 logits
@@ -213,13 +247,23 @@ def boundary_aware_loss(
         ignore_label: int. Label of pixels left out of the loss. Defaults to 255.
         use_boundary_weights: bool. False gives plain cross entropy (the
             non-BAL rows of the paper). Defaults to True.
+        class_weights: sequence of `num_classes` numbers >= 0, or None (every
+            class 1). Defaults to `None`.
+        top_k_percent_pixels: float in (0, 1]. The share of pixels whose
+            losses are kept, the largest; 1 keeps all. Defaults to 1.0.
 
     Returns:
         float32 scalar, the loss of this batch (of this replica, under
         tf.distribute).
     """
     weighted_sum, num_present = boundary_aware_loss_terms(
-        labels, logits, num_classes, ignore_label, use_boundary_weights
+        labels,
+        logits,
+        num_classes,
+        ignore_label,
+        use_boundary_weights,
+        class_weights=class_weights,
+        top_k_percent_pixels=top_k_percent_pixels,
     )
     return ops.divide_no_nan(weighted_sum, num_present)
 
@@ -251,6 +295,9 @@ class BoundaryAwareLoss(keras.losses.Loss):
         ignore_label: int. Label of pixels left out of the loss. Defaults to 255.
         use_boundary_weights: bool. False gives plain cross entropy. Defaults
             to True.
+        class_weights: sequence of `num_classes` numbers >= 0, or None.
+            Defaults to `None`.
+        top_k_percent_pixels: float in (0, 1]. Defaults to 1.0.
         reduction: str or None. See above. Defaults to "sum_over_batch_size".
         name: str. Defaults to "boundary_aware_loss".
         dtype: dtype of the result. Defaults to `keras.backend.floatx()`.
@@ -266,6 +313,8 @@ class BoundaryAwareLoss(keras.losses.Loss):
         num_classes=NUM_CLASSES,
         ignore_label=IGNORE_LABEL,
         use_boundary_weights=True,
+        class_weights=None,
+        top_k_percent_pixels=1.0,
         reduction="sum_over_batch_size",
         name="boundary_aware_loss",
         dtype=None,
@@ -275,6 +324,8 @@ class BoundaryAwareLoss(keras.losses.Loss):
         self.num_classes = num_classes
         self.ignore_label = ignore_label
         self.use_boundary_weights = use_boundary_weights
+        self.class_weights = check_class_weights(class_weights, num_classes)
+        self.top_k_percent_pixels = check_top_k_percent_pixels(top_k_percent_pixels)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         if sample_weight is not None:
@@ -295,6 +346,8 @@ class BoundaryAwareLoss(keras.losses.Loss):
             num_classes=self.num_classes,
             ignore_label=self.ignore_label,
             use_boundary_weights=self.use_boundary_weights,
+            class_weights=self.class_weights,
+            top_k_percent_pixels=self.top_k_percent_pixels,
         )
         return ops.reshape(loss, (1,))
 
@@ -305,6 +358,8 @@ class BoundaryAwareLoss(keras.losses.Loss):
                 "num_classes": self.num_classes,
                 "ignore_label": self.ignore_label,
                 "use_boundary_weights": self.use_boundary_weights,
+                "class_weights": None if self.class_weights is None else list(self.class_weights),
+                "top_k_percent_pixels": self.top_k_percent_pixels,
             }
         )
         return config

@@ -9,7 +9,11 @@ both train the same model with the same objective, optimizer and outputs
 - `loop`: `train`, the backend-neutral loop; `schedule`: when it logs, saves,
   evaluates and stops.
 - `engine`: `Engine`, the contract both engines fulfil, and `create_engine`.
-- `checkpoints`: both engines' checkpoint formats (saving, resuming) and the export.
+- `checkpoints`: both engines' checkpoint formats (saving, resuming) and
+  saves that a full disk stops (`SaveError`).
+- `run_lock`: `RunLock`, one training run per model_dir.
+- `classes`: the class names and weights a run reads from its dataset;
+  `best`: `model_dir/best/`, the model of the best validation mIoU.
 - `initialization` (+ `pretrained`): how a fresh run starts: the backbone
   (`pre_trained_model`) or the whole network (`init_checkpoint`).
 - `debug`: `--debug`'s report of the op that made a NaN or inf.
@@ -49,7 +53,8 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "tf_pacseg.training.engine": ("Engine", "create_engine"),
         "tf_pacseg.training.pretrained": ("resolve_pretrained_path", "load_pretrained"),
         "tf_pacseg.training.initialization": ("load_init_checkpoint",),
-        "tf_pacseg.training.checkpoints": ("export_inference_model",),
+        "tf_pacseg.training.run_lock": ("RunLock", "RunLockedError"),
+        "tf_pacseg.files": ("SaveError",),
         "tf_pacseg.training.tf_step": ("TrainStep", "agree_on_overflow"),
     },
 )

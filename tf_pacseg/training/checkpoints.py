@@ -1,4 +1,4 @@
-"""Both engines' checkpoint formats, the lookup of the latest one, and the final export.
+"""Both engines' checkpoint formats, the lookup of the latest one, and failed saves.
 
 Every save writes a resumable checkpoint (weights, optimizer variables, step,
 input position) in `model_dir` (TensorFlow engine: a `tf.train.Checkpoint`,
@@ -7,57 +7,107 @@ input position) in `model_dir` (TensorFlow engine: a `tf.train.Checkpoint`,
 predict.py on either backend). A save refuses
 non-finite weights, so the last good checkpoint survives a diverging run.
 The engines reach these through the `engine.Engine` contract.
+
+A full or unwritable disk stops a save with a `files.SaveError` (checked
+before writing where the space is known), leaving what the previous saves
+wrote intact and no temporary file; `remove_unfinished_saves` deletes those
+that a killed save left.
 """
 
+import contextlib
 import glob
+import math
 import os
+import re
 import shutil
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from tf_pacseg import files
 from tf_pacseg.files import atomic_write
-from tf_pacseg.training import distribute
+from tf_pacseg.training import components, distribute
 from tf_pacseg.training.config import NonFiniteLossError
 from tf_pacseg.training.engine import Restored
 from tf_pacseg.weights import saving, sources
 
 CHECKPOINT_NAME = "ckpt"
+# What a `files.SaveError` of training adds to its message.
+_ADVICE = (
+    "Training stopped; what earlier saves wrote is intact. Free some space (or make the "
+    "folder writable) and run the same command again to resume."
+)
+# A saved array's bookkeeping beyond its data (HDF5 headers; measured under 8 kB).
+_ARRAY_OVERHEAD_BYTES = 8192
 
 
-def export_inference_model(model, export_dir):
-    """Writes an inference SavedModel of `model`.
+def _size_of(variables):
+    """Bytes that saving `variables` writes, about."""
+    return sum(
+        math.prod(v.shape) * tf.as_dtype(v.dtype).size + _ARRAY_OVERHEAD_BYTES for v in variables
+    )
 
-    Signature `serving_default` (also the `serve` endpoint):
-    `images`: float32 [N, H, W, 3], RGB in 0..255, any H and W ->
-    `logits`: float32 [N, H, W, num_classes] (argmax over the last axis gives
-    the classes). BatchNorm and dropout run in inference mode.
 
-    ```python
-    served = tf.saved_model.load("model/export")
-    logits = served.signatures["serving_default"](images=images)["logits"]
-    ```
+def _unfinished_names(export_name):
+    """What saves stopped part-way leave in model_dir: only our writers' temporary names."""
+    weights = saving.partial_weights_path(sources.MODEL_STEM + sources.WEIGHTS_SUFFIX)
+    return (
+        re.compile(rf"{CHECKPOINT_NAME}-\d+_temp"),  # tf.train.Checkpoint's shards, unmerged.
+        re.compile(r"checkpoint\.tmp[0-9a-f]{32}"),  # tf.train.CheckpointManager's state file.
+        files.temporary_names(
+            rf"{CHECKPOINT_NAME}-\d+\.npz|{re.escape(sources.MODEL_STEM)}\.json|"
+            + re.escape(export_name)
+        ),
+        re.compile(re.escape(weights)),
+    )
+
+
+def remove_unfinished_saves(model_dir, export_name="export"):
+    """Deletes what saves stopped part-way (killed, or on a full disk) left in `model_dir`.
+
+    Only the temporary names of this package's writers and TensorFlow's
+    checkpoint writer are touched; call it while holding the run lock.
 
     Args:
-        model: `PACSegmenter`.
-        export_dir: str. Replaced atomically (written beside, then renamed).
+        model_dir: str.
+        export_name: str. The export's folder name in `model_dir`. Defaults to "export".
+
+    Returns:
+        list of str. The names deleted.
     """
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        "serve",
-        lambda images: {"logits": keras.ops.cast(model(images, training=False), "float32")},
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")],
-    )
-    partial = export_dir.rstrip("/") + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    # Inference only: no gradient functions (which JAX-traced models cannot give).
-    options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
-    archive.write_out(partial, options=options, verbose=False)
-    shutil.rmtree(export_dir, ignore_errors=True)
-    os.replace(partial, export_dir)
+    patterns = _unfinished_names(export_name)
+    removed = []
+    for entry in os.scandir(model_dir):
+        if not any(p.fullmatch(entry.name) for p in patterns):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.remove(entry.path)
+        except OSError:  # E.g. a read-only disk: the next save will say so.
+            continue
+        removed.append(entry.name)
+    return sorted(removed)
+
+
+@contextlib.contextmanager
+def reporting_export_errors(model, export_dir):
+    """Around writing `export_dir`: a full or unwritable disk raises `files.SaveError`.
+
+    Checks first for room for the weights, and deletes the partial folder of a
+    failed write (`saved_model.write_saved_model` writes beside, then renames).
+    """
+    what = "the inference SavedModel"
+    needed = _size_of(model.weights)
+    files.check_free_space(what, export_dir, needed, _ADVICE)
+    try:
+        with files.reporting_disk_errors(what, export_dir, needed, _ADVICE):
+            yield
+    except BaseException:
+        shutil.rmtree(files.temporary_path(export_dir), ignore_errors=True)
+        raise
 
 
 def _all_finite(variables):
@@ -120,12 +170,21 @@ def _cannot_resume(path, reason):
 
 
 class _Checkpointer:
-    """What both engines' checkpoints share: the finite check and model.weights.h5."""
+    """What both engines' checkpoints share: the finite check, room on disk, model.weights.h5.
 
-    def __init__(self, model, config, chief):
+    Args:
+        model: `PACSegmenter`.
+        optimizer: its Keras optimizer.
+        config: `TrainConfig`.
+        chief: bool. Whether this process writes model.weights.h5.
+    """
+
+    def __init__(self, model, optimizer, config, chief):
         self.model = model
         self.config = config
         self.chief = chief
+        self.optimizer = optimizer
+        self.writes_checkpoint = True  # False where another process writes it.
 
     def save(self, step, input_position):
         """Saves everything for `step` (`input_position` batches read) unless a weight is
@@ -136,14 +195,32 @@ class _Checkpointer:
                 f"The last good checkpoint in {self.config.model_dir} is kept. Lower "
                 "--initial_learning_rate, or use --debug to find the op."
             )
-        path = self._write(step, input_position)
+        path = self._path(step)
+        if not self.writes_checkpoint:
+            return path
+        what = f"the checkpoint of step {step}"
+        checkpoint_bytes = _size_of([*self.model.variables, *self.optimizer.variables])
+        weights_bytes = _size_of(self.model.weights) if self.chief else 0
+        # Before writing anything, so that the previous save stays whole.
+        files.check_free_space(
+            what + (" and model.weights.h5" if self.chief else ""),
+            path,
+            checkpoint_bytes + weights_bytes,
+            _ADVICE,
+        )
+        with files.reporting_disk_errors(what, path, checkpoint_bytes, _ADVICE):
+            path = self._write(step, input_position)
         if not self.chief:
             return path
-        saving.save_model_weights(
-            self.model,
-            os.path.join(self.config.model_dir, sources.MODEL_STEM + sources.WEIGHTS_SUFFIX),
-            step=int(step),
+        weights_path = os.path.join(
+            self.config.model_dir, sources.MODEL_STEM + sources.WEIGHTS_SUFFIX
         )
+        with files.reporting_disk_errors(
+            "model.weights.h5 and model.json", weights_path, weights_bytes, _ADVICE
+        ):
+            saving.save_model_weights(
+                self.model, weights_path, **components.model_metadata(self.config, step)
+            )
         logging.info("Saved %s and model.weights.h5 (step %d).", path, step)
         return path
 
@@ -152,7 +229,7 @@ class TFCheckpointer(_Checkpointer):
     """`tf.train.Checkpoint(model, optimizer)`: written by every worker, kept by the chief."""
 
     def __init__(self, model, optimizer, strategy, config):
-        super().__init__(model, config, distribute.is_chief(strategy))
+        super().__init__(model, optimizer, config, distribute.is_chief(strategy))
         # Also what makes a resumed run the uninterrupted one: dropout's seed
         # (Keras leaves it out of the model's checkpoint) and the input
         # position. Older checkpoints lack these extras and resume without them.
@@ -190,9 +267,30 @@ class TFCheckpointer(_Checkpointer):
     def _all_finite(self):
         return bool(self._finite())
 
+    def _path(self, step):
+        return os.path.join(self.directory, f"{CHECKPOINT_NAME}-{int(step)}")
+
     def _write(self, step, input_position):
         self._position.assign(input_position)
-        return self.manager.save(checkpoint_number=step)
+        prefix = self._path(step)
+        existed = tf.io.gfile.exists(prefix + ".index")
+        try:
+            return self.manager.save(checkpoint_number=step)
+        except Exception:
+            self._remove_failed_save(prefix, keep_files=existed)
+            raise
+
+    def _remove_failed_save(self, prefix, keep_files):
+        """Deletes what a failed save of `prefix` left: its shards, the state file's
+        temporary, and its files unless they were there before or the state names them."""
+        remove_unfinished_saves(self.directory)
+        state = tf.train.get_checkpoint_state(self.directory)
+        recorded = state is not None and os.path.basename(state.model_checkpoint_path)
+        if keep_files or recorded == os.path.basename(prefix):
+            return  # Recorded: the error came after (while removing older ones).
+        for path in glob.glob(glob.escape(prefix) + ".*"):
+            with contextlib.suppress(OSError):  # The original error matters more.
+                os.remove(path)
 
 
 class ArrayCheckpointer(_Checkpointer):
@@ -209,7 +307,8 @@ class ArrayCheckpointer(_Checkpointer):
     """
 
     def __init__(self, step_fn, config, chief):
-        super().__init__(step_fn.model, config, chief)
+        super().__init__(step_fn.model, step_fn.optimizer, config, chief)
+        self.writes_checkpoint = chief
         self.step_fn = step_fn
         self.directory = config.model_dir
         self._variables = {
@@ -247,10 +346,11 @@ class ArrayCheckpointer(_Checkpointer):
         values = (np.asarray(v.value) for v in self.model.weights)
         return all(np.all(np.isfinite(x)) for x in values if x.dtype.kind == "f")
 
+    def _path(self, step):
+        return os.path.join(self.directory, f"{CHECKPOINT_NAME}-{int(step)}.npz")
+
     def _write(self, step, input_position):
-        path = os.path.join(self.directory, f"{CHECKPOINT_NAME}-{int(step)}.npz")
-        if not self.chief:
-            return path
+        path = self._path(step)
         arrays = {"input_position": np.int64(input_position)}
         for group, variables in self._variables.items():
             arrays[f"{group}_paths"] = np.asarray([v.path for v in variables])

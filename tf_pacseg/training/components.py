@@ -7,8 +7,9 @@ Written once in `keras.ops` (no TensorFlow import), so the TensorFlow step
 - BatchNorm: `fine_tune_batch_norm=True` normalises with batch statistics,
   updates the moving statistics and leaves beta/gamma untrained; `False`
   uses the moving statistics and trains beta/gamma (`trainable_variables`).
-- Loss: boundary-aware loss (or plain cross entropy) normalised by the global
-  batch's weighted-pixel count, plus slim-style L2 on every conv kernel
+- Loss: boundary-aware loss (or plain cross entropy), with optional class
+  weights and hardest-pixel selection, normalised by the global batch's
+  weighted-pixel count, plus slim-style L2 on every conv kernel
   (`objective`).
 - TF1 momentum on the poly schedule counted from `initial_global_step`
   (`build_optimizer`).
@@ -18,9 +19,11 @@ import keras
 from keras import ops
 
 from tf_pacseg import constants
+from tf_pacseg.data import class_names
 from tf_pacseg.inference import metrics
-from tf_pacseg.model import losses
+from tf_pacseg.model import loss_options, losses
 from tf_pacseg.model.segmenter import build_model
+from tf_pacseg.training.config import AUTO_CLASS_WEIGHTS
 from tf_pacseg.training.optimizers import PolyDecay, TF1Momentum
 
 # Variables the original leaves untrained when fine-tuning BatchNorm.
@@ -78,15 +81,49 @@ def trainable_variables(model):
     return [v for v in model.trainable_variables if v.name not in _BATCH_NORM_PARAMETERS]
 
 
-def weighted_pixel_count(labels, ignore_label=constants.IGNORE_LABEL):
+def objective_arguments(config):
+    """The loss settings of `config`: keyword arguments of both engines' steps.
+
+    Raises:
+        ValueError: `class_weights="auto"` not yet resolved from the records
+            (`classes.resolve_classes`, done at start-up).
+    """
+    if config.class_weights == AUTO_CLASS_WEIGHTS:
+        raise ValueError(
+            "class_weights='auto' must be resolved into one weight per class before the step "
+            "is built (tf_pacseg.training.classes.resolve_classes)."
+        )
+    return dict(
+        loss=config.loss,
+        ignore_label=config.ignore_label,
+        class_weights=config.class_weights,
+        top_k_percent_pixels=config.top_k_percent_pixels,
+    )
+
+
+def weighted_pixel_count(
+    labels, ignore_label=constants.IGNORE_LABEL, class_weights=None, top_k_percent_pixels=1.0
+):
     """The loss's denominator #{i : w_i·m_i ≠ 0}, from the labels alone.
 
     The boundary-aware weights are at least 0.5 (and plain CE's are 1), so
-    the pixels with a non-zero weight are exactly those not ignored. Knowing
-    it before the forward pass lets every replica divide by the global count
-    without a cross-replica sum inside the (possibly compiled) backward pass.
+    the pixels with a non-zero weight are exactly those not ignored (and,
+    with `class_weights`, whose class weight is not 0). Knowing it before the
+    forward pass lets every replica divide by the global count without a
+    cross-replica sum inside the (possibly compiled) backward pass. With
+    `top_k_percent_pixels` < 1 it is min(k, that count), each replica's k
+    counted on its own pixels (`losses.boundary_aware_loss`).
     """
-    return ops.sum(ops.cast(ops.not_equal(labels, ignore_label), "float32"))
+    valid = ops.not_equal(labels, ignore_label)
+    if class_weights is None:
+        count = ops.sum(ops.cast(valid, "float32"))
+    else:
+        weights = loss_options.pixel_class_weights(labels, class_weights, len(class_weights))
+        count = ops.sum(ops.cast(ops.logical_and(valid, weights != 0.0), "float32"))
+    if top_k_percent_pixels == 1.0:
+        return count
+    k = loss_options.top_k_pixel_count(loss_options.batch_pixel_count(labels), top_k_percent_pixels)
+    return ops.minimum(count, ops.cast(k, "float32"))
 
 
 def objective(
@@ -98,6 +135,8 @@ def objective(
     loss="bal",
     num_classes=constants.NUM_CLASSES,
     ignore_label=constants.IGNORE_LABEL,
+    class_weights=None,
+    top_k_percent_pixels=1.0,
 ):
     """One replica's share of the global-batch loss.
 
@@ -110,11 +149,14 @@ def objective(
         labels: int [N, H, W, 1] (this replica's).
         logits: float [N, H, W, num_classes].
         regularization_losses: list of scalars (the model's L2 terms).
-        global_count: float32 scalar. `weighted_pixel_count` of the global batch.
+        global_count: float32 scalar. `weighted_pixel_count` of the global
+            batch, with the same `class_weights` and `top_k_percent_pixels`.
         num_replicas: int. Replicas the gradients are summed over. Defaults to 1.
         loss: str. `"bal"` or `"ce"`. Defaults to `"bal"`.
         num_classes: int. Defaults to 21.
         ignore_label: int. Defaults to 255.
+        class_weights: tuple of `num_classes` floats, or None. Defaults to `None`.
+        top_k_percent_pixels: float in (0, 1]. Defaults to 1.0.
 
     Returns:
         (objective, data loss, regularization), float32 scalars.
@@ -125,12 +167,37 @@ def objective(
         num_classes=num_classes,
         ignore_label=ignore_label,
         use_boundary_weights=loss == "bal",
+        class_weights=class_weights,
+        top_k_percent_pixels=top_k_percent_pixels,
     )
     data_loss = ops.divide_no_nan(weighted_sum, global_count)
     regularization = ops.convert_to_tensor(0.0, "float32")
     for term in regularization_losses:
         regularization = regularization + ops.cast(term, "float32")
     return data_loss + regularization / num_replicas, data_loss, regularization
+
+
+def model_metadata(config, step):
+    """What model.json holds beside the architecture: the step and the class names.
+
+    The names are left out when they are `class_names.default_class_names`,
+    which a model without names gets anyway: a run that names no classes
+    writes the model.json it always wrote.
+
+    Raises:
+        ValueError: `class_names` still a spec (a file, "voc"), not resolved
+            into names at start-up (`classes.resolve_classes`).
+    """
+    metadata = {"step": int(step)}
+    names = config.class_names
+    if isinstance(names, str):
+        raise ValueError(
+            f"class_names={names!r} must be resolved into one name per class first "
+            "(tf_pacseg.training.classes.resolve_classes)."
+        )
+    if names is not None and tuple(names) != class_names.default_class_names(config.num_classes):
+        metadata["class_names"] = list(names)
+    return metadata
 
 
 def batch_confusion(labels, logits, num_classes, ignore_label):

@@ -10,6 +10,10 @@ from tf_pacseg import checks, constants
 
 LOSSES = ("bal", "ce")
 MIXED_PRECISION_POLICIES = ("none", "mixed_float16", "mixed_bfloat16")
+KEEP_BEST = ("none", "miou")
+EXPORT_FROM = ("last", "best")
+# `--class_weights=auto`: median-frequency balancing from the training records.
+AUTO_CLASS_WEIGHTS = "auto"
 DEFAULT_PRE_TRAINED_MODEL = "./init_checkpoints/<arch>/model.ckpt"
 
 
@@ -116,6 +120,39 @@ class TrainConfig:
             (network/conv2d) is left out when num_classes differs. Not with
             pre_trained_model; ignored when model_dir holds a checkpoint to
             resume from. Defaults to `None`.
+        skip_bad_records: bool. Leave out the training and evaluation records
+            that cannot be read (a damaged file, an image or label that does
+            not decode, a label of another size, a missing feature), each
+            logged, their count in the progress line, TensorBoard and the
+            final line; a damaged file is read up to the damaged record. Every
+            record is read once at start-up to find them. Without it, such a
+            record stops the run with one line naming it. Defaults to `False`.
+        class_names: str or None. The classes' names: a file of one name per
+            line, or voc. They go into model.json, the evaluation tables and
+            TensorBoard's iou/<name>. None: the class_names.txt beside the
+            training records if there is one, else VOC's names for 21
+            classes, else class_0, class_1, ... (in code, also a tuple of
+            names). Defaults to `None`.
+        class_weights: str or None. Per-class loss weights w0,w1,...,wC-1
+            (one per class, >= 0), multiplying each pixel's loss; the loss
+            still divides by the pixels whose weight is not 0. auto:
+            median-frequency balancing from the training records' pixel
+            counts, computed (and logged) at start-up, on resuming too. None:
+            every class 1, the original's loss (in code, also a tuple of
+            numbers). Defaults to `None`.
+        top_k_percent_pixels: float. In (0, 1]: train on the hardest pixels
+            only, the share with the largest (weighted) losses in each
+            replica's batch (JAX engine: the global batch), averaged (TF
+            DeepLab's top_k_percent_pixels). 1: every pixel, the original's
+            loss. Defaults to 1.0.
+        keep_best: str. miou: after each evaluation that improves the
+            validation mIoU, write model_dir/best/ (model.weights.h5,
+            model.json, evaluation.json), replaced atomically; the best value
+            is read back from it on resuming. none: no best model.
+            Defaults to `"none"`.
+        export_from: str. The model written to model_dir/export at the end:
+            last (the final step's) or best (model_dir/best/, with
+            keep_best=miou). Defaults to `"last"`.
     """
 
     # The original's options, in its order.
@@ -159,6 +196,12 @@ class TrainConfig:
     units_per_block: tuple | None = None
     shuffle_buffer: int = constants.DEFAULT_SHUFFLE_BUFFER
     init_checkpoint: str | None = None
+    skip_bad_records: bool = False
+    class_names: str | None = None
+    class_weights: str | None = None
+    top_k_percent_pixels: float = 1.0
+    keep_best: str = "none"
+    export_from: str = "last"
 
     def __post_init__(self):
         for name in CHOICES:
@@ -200,6 +243,52 @@ class TrainConfig:
                 received=f"debug={self.debug}, mixed_precision={self.mixed_precision!r}",
             )
         self.units_per_block = checks.units_per_block(self.units_per_block)
+        self.class_names = _class_names(self.class_names, self.num_classes)
+        self.class_weights = _class_weights(self.class_weights, self.num_classes)
+        checks.number_in_range(
+            "top_k_percent_pixels", self.top_k_percent_pixels, 0, 1, include_low=False
+        )
+        if self.export_from == "best" and not (self.keep_best == "miou" and self.epochs_per_eval):
+            raise checks.invalid(
+                "export_from",
+                "'last' unless keep_best='miou' with evaluations (epochs_per_eval > 0) write "
+                "model_dir/best/",
+                received=f"export_from={self.export_from!r}, keep_best={self.keep_best!r}, "
+                f"epochs_per_eval={self.epochs_per_eval}",
+            )
+
+
+def _class_names(value, num_classes):
+    """A names spec (a file, "voc") as is; a sequence of names as a checked tuple."""
+    if value is None or isinstance(value, str):
+        return value  # Read at start-up (`classes.resolve_classes`).
+    names = tuple(value)
+    if len(names) != num_classes:
+        raise checks.invalid(
+            "class_names",
+            f"one name per class: {num_classes} names (num_classes={num_classes})",
+            received=f"{len(names)} names",
+        )
+    if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise checks.invalid("class_names", "distinct non-empty names", names)
+    return names
+
+
+def _class_weights(value, num_classes):
+    """None and "auto" as they are; "w0,w1,..." or a sequence as a checked tuple of floats."""
+    if value is None or value == AUTO_CLASS_WEIGHTS:
+        return value
+    if isinstance(value, str):
+        try:
+            value = [float(w) for w in value.split(",")]
+        except ValueError:
+            raise checks.invalid(
+                "class_weights", f"{AUTO_CLASS_WEIGHTS!r} or numbers separated by commas", value
+            ) from None
+    # Keras only when weights are given: importing the config imports neither it nor TF.
+    from tf_pacseg.model.loss_options import check_class_weights
+
+    return check_class_weights(value, num_classes)
 
 
 # The fields that take one of a few values.
@@ -209,6 +298,8 @@ CHOICES = {
     "output_stride": constants.OUTPUT_STRIDES,
     "loss": LOSSES,
     "mixed_precision": MIXED_PRECISION_POLICIES,
+    "keep_best": KEEP_BEST,
+    "export_from": EXPORT_FROM,
 }
 # The original `_init_.py`'s options: TrainConfig's first fields.
 NUM_ORIGINAL_OPTIONS = 27

@@ -43,11 +43,12 @@ class Restored:
 class Engine(abc.ABC):
     """One backend's side of a training run, driven by `loop.Trainer`.
 
-    The loop calls `build`, then `restore` or (for a fresh run) `set_step`,
-    then `train_step` on `batches` until the schedule ends, with `save`,
-    `confusion_matrix`, `predict` and `evaluation_model` between steps, and
-    `export` at the end; `train` calls `barrier`, `check_numerics` and `close`
-    around it.
+    The loop replaces `config` by the one with the dataset's classes
+    resolved (`classes.resolve_classes`), then calls `build`, then `restore`
+    or (for a fresh run) `set_step`, then `train_step` on `batches` until the
+    schedule ends, with `save`, `confusion_matrix`, `predict` and
+    `evaluation_model` between steps, and `export` at the end; `train` calls
+    `barrier`, `check_numerics` and `close` around it.
 
     Args:
         config: `TrainConfig`.
@@ -143,6 +144,8 @@ class Engine(abc.ABC):
 
         Raises:
             NonFiniteLossError: a weight is NaN or inf (nothing is written).
+            files.SaveError: a full or unwritable disk; what earlier saves
+                wrote is intact, and nothing of this one is left.
         """
 
     @property
@@ -155,13 +158,15 @@ class Engine(abc.ABC):
         """Sets the optimizer's count of updates (a fresh run's `initial_global_step`)."""
 
     @abc.abstractmethod
-    def batches(self, files, start_step=0):
+    def batches(self, files, start_step=0, skip_list=None):
         """Endless training batches on the devices, each process reading its share.
 
         Args:
             files: list of str. The training records.
             start_step: int. Global batches to skip: those read before a resume.
                 Defaults to 0.
+            skip_list: `bad_records.SkipList` or None. Records left out
+                (--skip_bad_records). Defaults to None.
 
         Returns:
             Iterator of global (images, labels) batches for `train_step`.
@@ -209,14 +214,20 @@ class Engine(abc.ABC):
         """
 
     @abc.abstractmethod
-    def export(self, export_dir):
-        """Writes the inference SavedModel (`checkpoints.export_inference_model`) if it can.
+    def export(self, export_dir, model=None):
+        """Writes the inference SavedModel (`export.saved_model.write_saved_model`) if it can.
 
         Args:
             export_dir: str. `write_dir/export`.
+            model: `PACSegmenter` or None. A model to export instead of the
+                trained one (`--export_from=best`, on the chief). Defaults
+                to None.
 
         Returns:
             str naming what was exported, or None when nothing was.
+
+        Raises:
+            files.SaveError: a full or unwritable disk (no partial export is left).
         """
 
 

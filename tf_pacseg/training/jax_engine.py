@@ -21,7 +21,9 @@ import tensorflow as tf
 from absl import logging
 from jax.experimental import multihost_utils
 
+from tf_pacseg import files
 from tf_pacseg.data import pipelines
+from tf_pacseg.export import saved_model
 from tf_pacseg.training import checkpoints, components, jax_step
 from tf_pacseg.training.engine import Engine
 
@@ -113,9 +115,8 @@ class JaxEngine(Engine):
         self.step_fn = jax_step.JaxTrainStep(
             self.model,
             self.optimizer,
-            loss=config.loss,
-            ignore_label=config.ignore_label,
             mesh=self.mesh,
+            **components.objective_arguments(config),
         )
         self.checkpointer = checkpoints.ArrayCheckpointer(self.step_fn, config, self.chief)
         return self.model
@@ -146,7 +147,7 @@ class JaxEngine(Engine):
     def set_step(self, step):
         self.step_fn.set_step(step)
 
-    def batches(self, files, start_step=0):
+    def batches(self, files, start_step=0, skip_list=None):
         """Each process reads its share; put on the devices two batches ahead."""
         config = self.config
         context = tf.distribute.InputContext(
@@ -159,6 +160,7 @@ class JaxEngine(Engine):
             config.batch_size,
             input_context=context,
             start_step=start_step,
+            skip_list=skip_list,
             **components.train_input_arguments(config),
         )
         return jax_step.prefetch_to_devices(dataset.as_numpy_iterator(), self.mesh)
@@ -188,13 +190,16 @@ class JaxEngine(Engine):
             return bool(flag)
         return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
 
-    def export(self, export_dir):
+    def export(self, export_dir, model=None):
         """The inference SavedModel where TensorFlow can trace the JAX model, else nothing."""
-        model = self.evaluation_model()
+        model = self.evaluation_model() if model is None else model
         if not self.chief:
             return None
         try:
-            checkpoints.export_inference_model(model, export_dir)
+            with checkpoints.reporting_export_errors(model, export_dir):
+                saved_model.write_saved_model(model, export_dir)
+        except files.SaveError:
+            raise  # A full or unwritable disk stops the run, as on TensorFlow.
         except Exception as error:  # noqa: BLE001 - export is optional on JAX.
             logging.warning(
                 "No SavedModel export (%s: %s); model.weights.h5 + model.json in %s hold "

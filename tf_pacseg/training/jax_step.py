@@ -27,6 +27,7 @@ import keras
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from tf_pacseg.model import loss_options
 from tf_pacseg.training import components
 from tf_pacseg.training.config import check_choice
 
@@ -80,6 +81,11 @@ class JaxTrainStep:
         ignore_label: int. Defaults to 255.
         mesh: `jax.sharding.Mesh` with a `"batch"` axis. Defaults to
             `data_parallel_mesh()`.
+        class_weights: tuple of `num_classes` floats, or None (every class
+            1). Defaults to `None`.
+        top_k_percent_pixels: float in (0, 1]. The losses of this share of
+            the global batch's pixels are kept, the largest (1: all).
+            Defaults to 1.0.
 
     Example:
 
@@ -91,13 +97,24 @@ class JaxTrainStep:
     ```
     """
 
-    def __init__(self, model, optimizer, loss="bal", ignore_label=255, mesh=None):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        loss="bal",
+        ignore_label=255,
+        mesh=None,
+        class_weights=None,
+        top_k_percent_pixels=1.0,
+    ):
         check_choice("loss", loss)
         self.model = model
         self.optimizer = optimizer
         self.loss = loss
         self.ignore_label = ignore_label
         self.num_classes = model.num_classes
+        self.class_weights = loss_options.check_class_weights(class_weights, self.num_classes)
+        self.top_k_percent_pixels = loss_options.check_top_k_percent_pixels(top_k_percent_pixels)
         self.mesh = data_parallel_mesh() if mesh is None else mesh
         self.variables = components.trainable_variables(model)
         optimizer.build(self.variables)
@@ -202,7 +219,9 @@ class JaxTrainStep:
             learning_rate = jnp.asarray(optimizer.learning_rate, "float32")
             loss_scale = optimizer.scale_loss(jnp.float32(1.0))  # 1 unless float16.
         # The global batch's count: the step sees the whole (sharded) batch.
-        count = components.weighted_pixel_count(labels, self.ignore_label)
+        count = components.weighted_pixel_count(
+            labels, self.ignore_label, self.class_weights, self.top_k_percent_pixels
+        )
 
         def scaled_objective(trained, trainable, non_trainable):
             trainable = list(trainable)
@@ -219,6 +238,8 @@ class JaxTrainStep:
                 loss=self.loss,
                 num_classes=self.num_classes,
                 ignore_label=self.ignore_label,
+                class_weights=self.class_weights,
+                top_k_percent_pixels=self.top_k_percent_pixels,
             )
             auxiliary = (logits, non_trainable, data_loss, regularization)
             return objective * loss_scale, auxiliary

@@ -11,7 +11,11 @@ step with the optimizer's momentum and the schedule intact, and, with a
 `seed`, the input order and augmentation where they stopped (no batch is
 seen twice, even after float16 loss scaling skipped updates). A non-finite
 loss (or weight) stops training before anything is saved, leaving the last
-good checkpoint.
+good checkpoint. A run holds model_dir's `run_lock.RunLock` throughout; a
+full or unwritable disk stops it with a `files.SaveError`, what earlier saves
+wrote intact. At start-up the class names and weights are read from the
+dataset (`classes`); with `keep_best`, each evaluation that improves the
+validation mIoU writes `model_dir/best/` (`best`).
 
 The engine (`tf_engine.TFEngine` or `jax_engine.JaxEngine`, chosen by the
 Keras backend; their contract is `engine.Engine`) owns the model, the step,
@@ -19,10 +23,10 @@ the input on the devices and the checkpoint format. `schedule.Schedule` says
 which after-step action is due when; `Trainer` runs them.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
-import shutil
 import signal
 import time
 
@@ -30,9 +34,11 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from tf_pacseg.data import class_names, records
+from tf_pacseg.data import bad_records, records
 from tf_pacseg.inference import evaluation, metrics, report
-from tf_pacseg.training import summaries
+from tf_pacseg.training import checkpoints, run_lock, summaries
+from tf_pacseg.training.best import BestModel
+from tf_pacseg.training.classes import resolve_classes
 from tf_pacseg.training.config import NonFiniteLossError, TrainResult
 from tf_pacseg.training.debug import nonfinite_op_error
 from tf_pacseg.training.engine import create_engine
@@ -69,10 +75,13 @@ class Trainer:
         # The loop's count, made the optimizer's at each log and save step.
         self.step = config.initial_global_step
         self.batches = None  # The engine's training batches (setup).
+        self.train_files = None  # The training records (setup).
+        self.skip_list = None  # --skip_bad_records: the records left out (setup).
         self.batches_read = 0  # Saved with each checkpoint: where a resumed input continues.
         self.last_saved_step = None
         self.evaluation = None  # The last evaluation's result.
         self.evaluated_at = None
+        self.best = None  # --keep_best=miou: the `BestModel` (setup).
         self.train_writer = self.eval_writer = None  # TensorBoard (setup).
         self._pending_losses = []  # Read back (a device sync) only at the finite check.
         self._last_log = None  # (time, step) of the last log line.
@@ -89,12 +98,23 @@ class Trainer:
         config = self.config
         if self.engine.latest_checkpoint() is None:
             check_sources(config)  # Before the slow parts.
-        train_files = records.find_record_files(config.data_dir, "train")
+        train_files = self.train_files = records.find_record_files(config.data_dir, "train")
         if config.epochs_per_eval:
             records.find_record_files(config.data_dir, "val")  # Fail now, not after an epoch.
-        self.schedule = Schedule.of(config, records.count_examples(train_files))
+        if config.skip_bad_records:
+            self.skip_list = bad_records.scan(train_files)
+            num_examples = self.skip_list.num_readable(train_files)
+        else:
+            num_examples = self._read(records.count_examples, train_files)
+        self.schedule = Schedule.of(config, num_examples)
+        # The engine builds its step from the resolved config.
+        self.config = self.engine.config = config = resolve_classes(config)
+        if config.keep_best == "miou":
+            self.best = BestModel(config)
         self._restore_or_initialize()
-        self.batches = self.engine.batches(train_files, start_step=self.batches_read)
+        self.batches = self.engine.batches(
+            train_files, start_step=self.batches_read, skip_list=self.skip_list
+        )
         self.train_writer, self.eval_writer = self._summary_writers()
 
     def run(self, stop):
@@ -128,6 +148,8 @@ class Trainer:
         self.step = engine.step
         if restored:
             self.last_saved_step = self.step
+            if self.best is not None and self.chief:
+                self.best.restore()
         # With a seed, the input continues after the batches read before the
         # checkpoint (for a checkpoint that does not say, one per step).
         position = restored.input_position if restored else None
@@ -149,13 +171,36 @@ class Trainer:
         """One step on the next batch; returns it as a `StepDone`."""
         if self.schedule.starts_epoch(self.step):
             self.engine.reset_metrics()  # Running train metrics are per epoch.
-        images, labels = next(self.batches)
+        images, labels = self._read(next, self.batches)
         self.batches_read += 1
         outputs = self.engine.train_step(images, labels)
         self.step += 1
         self._pending_losses.append(outputs["loss"])
         log, save, evaluate = self.schedule.due(self.step)
         return StepDone(images, labels, outputs, log=log, save=save, evaluate=evaluate)
+
+    def _read(self, read, *args):
+        """`read(*args)` of the training records; a record it cannot read stops the run, named.
+
+        Nothing is saved then (a save is a collective that the other workers
+        would not join): the last checkpoint stays the resume point, and the
+        steps after it are trained again, on the same batches with a seed.
+        """
+        try:
+            return read(*args)
+        except bad_records.READ_ERRORS as error:
+            saved = self.last_saved_step
+            resume = f"from its last checkpoint, step {saved}"
+            if saved is None:
+                resume = f"from the last checkpoint in {self.config.model_dir}, if any"
+            advice = (
+                f"Training stopped without saving: a rerun resumes {resume}. "
+                "--skip_bad_records trains without the records that cannot be read."
+            )
+            found = bad_records.located_error(self.train_files, error, advice)
+            if found is None:
+                raise
+            raise found from error
 
     def _check_finite(self, done):
         """At log and save steps: the losses since the last check are finite."""
@@ -175,7 +220,8 @@ class Trainer:
         scalars = self._train_scalars(done.outputs, rate)
         with self.train_writer.as_default():
             summaries.write_scalars(scalars, self.step)
-        self._log_line(scalars)
+        if self.chief:  # One progress line per run, not one per process.
+            self._log_line(scalars)
 
     def _write_images(self, done):
         """The batch, its labels and predictions of the first step and of each save."""
@@ -229,10 +275,16 @@ class Trainer:
         if self.schedule.eval_every and self.evaluated_at != self.step:
             self._evaluate()
         export_dir = os.path.join(self.engine.write_dir, EXPORT_DIR)
-        what = self.engine.export(export_dir)
+        if self.config.export_from == "best":
+            what = self.best.export(self.engine, export_dir) if self.chief else None
+        else:
+            what = self.engine.export(export_dir)
         if self.chief and what:
             logging.info("Exported %s to %s.", what, export_dir)
-        logging.info("Training finished at step %d.", self.step)
+        skipped = ""
+        if self.skip_list is not None:
+            skipped = f" ({self.skip_list.num_skipped} unreadable records skipped, listed above)"
+        logging.info("Training finished at step %d%s.", self.step, skipped)
         return TrainResult(self.step, evaluation=self.evaluation)
 
     def _save_checkpoint(self):
@@ -281,11 +333,9 @@ class Trainer:
             "mean_iou": metrics.mean_iou(cm),
             "steps_per_second": rate,
         }
-        names = class_names.default_class_names(config.num_classes)
-        per_class = metrics.per_class_iou(cm)
-        scalars.update(
-            {f"iou/{n}": float(v) for n, v in zip(names, per_class, strict=True) if v == v}
-        )
+        if self.skip_list is not None:
+            scalars["skipped_records"] = self.skip_list.num_skipped
+        scalars.update(summaries.per_class_iou_scalars(cm, config.class_names))
         return scalars
 
     def _log_line(self, scalars):
@@ -294,7 +344,7 @@ class Trainer:
         eta = (schedule.last_step - self.step) / rate if rate > 0 else float("inf")
         logging.info(
             "step %d/%d (epoch %.2f)  loss %.4f (%s %.4f, reg %.4f)  lr %.3g  train px acc "
-            "%.4f mIoU %.4f  %.2f steps/s (%.1f images/s)  ETA %s",
+            "%.4f mIoU %.4f  %.2f steps/s (%.1f images/s)  ETA %s%s",
             self.step,
             schedule.last_step,
             schedule.epoch(self.step),
@@ -308,6 +358,7 @@ class Trainer:
             rate,
             rate * config.batch_size,
             _format_duration(eta),
+            "" if self.skip_list is None else f"  {scalars['skipped_records']} records skipped",
         )
 
     def _evaluate(self):
@@ -323,6 +374,8 @@ class Trainer:
             batch_size=2 * self.engine.per_replica_batch,  # The original's eval batch.
             crop_size=(self.config.input_height, self.config.input_width),
             ignore_label=self.config.ignore_label,
+            class_names=self.config.class_names,
+            skip_bad_records=self.config.skip_bad_records,
             verbose=0,
         )
         with self.eval_writer.as_default():
@@ -339,6 +392,8 @@ class Trainer:
             report.format_result(result),
         )
         self.evaluation = result
+        if self.best is not None:
+            self.best.update(self.engine.evaluation_model(), result, self.step)
 
 
 def train(config, strategy=None):
@@ -361,6 +416,8 @@ def train(config, strategy=None):
             match the model.
         NonFiniteLossError: the loss or the weights became NaN/inf (with
             `debug`, naming the op that made them).
+        RunLockedError: another run holds model_dir (`run_lock`).
+        SaveError: a full or unwritable disk stopped a save (`files`).
     """
     config = dataclasses.replace(
         config,
@@ -369,28 +426,44 @@ def train(config, strategy=None):
         ),
     )
     engine = create_engine(config, strategy)
-    if config.clean_model_dir and engine.chief and os.path.exists(config.model_dir):
-        logging.info("--clean_model_dir: deleting %s.", config.model_dir)
-        shutil.rmtree(config.model_dir)
+    # The chief holds model_dir for the whole run; the other workers write none of it.
+    lock = run_lock.RunLock(config.model_dir) if engine.chief else contextlib.nullcontext()
+    with lock:
+        _prepare_model_dir(config, engine, lock)
+        if config.seed is not None:
+            keras.utils.set_random_seed(config.seed)
+        previous_policy = keras.mixed_precision.global_policy()
+        if config.mixed_precision != "none":
+            keras.mixed_precision.set_dtype_policy(config.mixed_precision)
+        trainer = Trainer(config, engine)
+        try:
+            engine.check_numerics(config.debug)
+            trainer.setup()
+            with StopRequest() as stop:
+                return trainer.run(stop)
+        except (tf.errors.InvalidArgumentError, FloatingPointError) as error:
+            found = nonfinite_op_error(error, trainer.step, config.model_dir)
+            if found is None:
+                raise
+            raise found from error  # --debug named the op.
+        finally:
+            keras.mixed_precision.set_dtype_policy(previous_policy)
+            engine.check_numerics(False)
+            engine.close()
+
+
+def _prepare_model_dir(config, engine, lock):
+    """--clean_model_dir, and what interrupted saves left, on the chief (holding `lock`)."""
+    if engine.chief:
+        if config.clean_model_dir:
+            logging.info("--clean_model_dir: deleting %s.", config.model_dir)
+            lock.clear_model_dir()  # All but the held lock file.
+        removed = checkpoints.remove_unfinished_saves(config.model_dir, EXPORT_DIR)
+        if removed:
+            logging.info(
+                "Deleted what an interrupted save left in %s: %s.",
+                config.model_dir,
+                ", ".join(removed),
+            )
     engine.barrier()  # No worker may read model_dir before the chief cleaned it.
     os.makedirs(config.model_dir, exist_ok=True)
-    if config.seed is not None:
-        keras.utils.set_random_seed(config.seed)
-    previous_policy = keras.mixed_precision.global_policy()
-    if config.mixed_precision != "none":
-        keras.mixed_precision.set_dtype_policy(config.mixed_precision)
-    trainer = Trainer(config, engine)
-    try:
-        engine.check_numerics(config.debug)
-        trainer.setup()
-        with StopRequest() as stop:
-            return trainer.run(stop)
-    except (tf.errors.InvalidArgumentError, FloatingPointError) as error:
-        found = nonfinite_op_error(error, trainer.step, config.model_dir)
-        if found is None:
-            raise
-        raise found from error  # --debug named the op.
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous_policy)
-        engine.check_numerics(False)
-        engine.close()

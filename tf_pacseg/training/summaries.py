@@ -16,10 +16,10 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from tf_pacseg import constants
-
-# Images of a batch drawn into each picture summary.
+from tf_pacseg.inference import metrics, report
 from tf_pacseg.model import losses
 
+# Images of a batch drawn into each picture summary.
 MAX_IMAGES = 2
 
 
@@ -113,6 +113,19 @@ def write_scalars(scalars, step):
     """Writes `{name: number}` at `step`."""
     for name, value in scalars.items():
         scalar(name, value, step)
+
+
+def per_class_iou_scalars(confusion_matrix, class_names=None):
+    """`{"iou/<class name>": IoU}` of a confusion matrix, leaving out absent classes.
+
+    Args:
+        confusion_matrix: int array-like [C, C], rows = ground truth.
+        class_names: sequence of C str, or None for the default names
+            (`report.class_names_for`). Defaults to `None`.
+    """
+    per_class = metrics.per_class_iou(confusion_matrix)
+    names = report.class_names_for(class_names, len(per_class))
+    return {f"iou/{n}": float(v) for n, v in zip(names, per_class, strict=True) if v == v}
 
 
 def write_segmentation_metrics(result, step):

@@ -10,6 +10,7 @@ and the chief's lands in `model_dir`.
 import tensorflow as tf
 
 from tf_pacseg.data import pipelines
+from tf_pacseg.export import saved_model
 from tf_pacseg.training import checkpoints, components, distribute
 from tf_pacseg.training.engine import Engine
 from tf_pacseg.training.tf_step import TrainStep
@@ -74,9 +75,8 @@ class TFEngine(Engine):
             self.model,
             self.optimizer,
             self.strategy,
-            loss=config.loss,
-            ignore_label=config.ignore_label,
             jit_compile=config.jit_compile,
+            **components.objective_arguments(config),
         )
         self.checkpointer = checkpoints.TFCheckpointer(
             self.model, self.optimizer, self.strategy, config
@@ -113,7 +113,7 @@ class TFEngine(Engine):
     def set_step(self, step):
         self.optimizer.iterations.assign(step)
 
-    def batches(self, files, start_step=0):
+    def batches(self, files, start_step=0, skip_list=None):
         config = self.config
         dataset = pipelines.distribute_dataset(
             self.strategy,
@@ -121,6 +121,7 @@ class TFEngine(Engine):
             files,
             config.batch_size,
             start_step=start_step,
+            skip_list=skip_list,
             **components.train_input_arguments(config),
         )
         return iter(dataset)
@@ -146,7 +147,9 @@ class TFEngine(Engine):
     def any_worker(self, flag):
         return self._any_worker(flag) if self.multi_worker else bool(flag)
 
-    def export(self, export_dir):
+    def export(self, export_dir, model=None):
         """Every worker writes; only the chief's lands in model_dir."""
-        checkpoints.export_inference_model(self.model, export_dir)
+        model = self.model if model is None else model
+        with checkpoints.reporting_export_errors(model, export_dir):
+            saved_model.write_saved_model(model, export_dir)
         return "the inference SavedModel"

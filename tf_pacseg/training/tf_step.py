@@ -15,6 +15,7 @@ own copy of the moving statistics and checkpoints keep the first replica's
 import keras
 import tensorflow as tf
 
+from tf_pacseg.model import loss_options
 from tf_pacseg.training import components, distribute
 from tf_pacseg.training.config import check_choice
 
@@ -68,6 +69,10 @@ class TrainStep:
         ignore_label: int. Defaults to 255.
         jit_compile: bool. XLA-compile each replica's forward and backward
             pass (the update stays outside XLA). Defaults to `False`.
+        class_weights: tuple of `num_classes` floats, or None (every class
+            1). Defaults to `None`.
+        top_k_percent_pixels: float in (0, 1]. Each replica keeps the losses
+            of this share of its pixels, the largest (1: all). Defaults to 1.0.
 
     Example:
 
@@ -78,7 +83,17 @@ class TrainStep:
     ```
     """
 
-    def __init__(self, model, optimizer, strategy, loss="bal", ignore_label=255, jit_compile=False):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        strategy,
+        loss="bal",
+        ignore_label=255,
+        jit_compile=False,
+        class_weights=None,
+        top_k_percent_pixels=1.0,
+    ):
         check_choice("loss", loss)
         if (
             jit_compile
@@ -96,6 +111,8 @@ class TrainStep:
         self.ignore_label = ignore_label
         self.jit_compile = jit_compile
         self.num_classes = model.num_classes
+        self.class_weights = loss_options.check_class_weights(class_weights, self.num_classes)
+        self.top_k_percent_pixels = loss_options.check_top_k_percent_pixels(top_k_percent_pixels)
         self.variables = components.trainable_variables(model)
         self._loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         with strategy.scope():
@@ -134,6 +151,8 @@ class TrainStep:
                 loss=self.loss,
                 num_classes=self.num_classes,
                 ignore_label=self.ignore_label,
+                class_weights=self.class_weights,
+                top_k_percent_pixels=self.top_k_percent_pixels,
             )
             scaled = self.optimizer.scale_loss(objective)  # Loss scaling (float16).
         gradients = tape.gradient(scaled, self.variables)
@@ -142,7 +161,9 @@ class TrainStep:
 
     def _replica_step(self, images, labels):
         context = tf.distribute.get_replica_context()
-        count = components.weighted_pixel_count(labels, self.ignore_label)
+        count = components.weighted_pixel_count(
+            labels, self.ignore_label, self.class_weights, self.top_k_percent_pixels
+        )
         if context.num_replicas_in_sync > 1:
             count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
         gradients_fn = self._gradients

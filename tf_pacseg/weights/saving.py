@@ -6,6 +6,7 @@ as `model.weights.h5` / `model.json` in its model_dir. `load_model` also
 reads the original's TF1 checkpoints (`sources` says which a path holds).
 """
 
+import contextlib
 import json
 import os
 
@@ -23,17 +24,31 @@ def architecture_path(weights_path):
     return weights_path[: -len(sources.WEIGHTS_SUFFIX)] + ".json"
 
 
+def partial_weights_path(weights_path):
+    """Where `save_model_weights` writes the weights before renaming them to `weights_path`."""
+    # Keras picks the format from the name, so the temporary file keeps the suffix.
+    return weights_path[: -len(sources.WEIGHTS_SUFFIX)] + ".partial" + sources.WEIGHTS_SUFFIX
+
+
 def save_model_weights(model, weights_path, **metadata):
-    """Writes the weights and the architecture JSON, each atomically."""
+    """Writes the weights and the architecture JSON, each atomically.
+
+    Both are written in full before the weights replace the old ones, so a
+    write that fails (a full disk) leaves the old pair, and no temporary file.
+    """
     json_path = architecture_path(weights_path)  # Checks the suffix first.
     os.makedirs(os.path.dirname(os.path.abspath(weights_path)), exist_ok=True)
-    # Keras picks the format from the name, so the temporary file keeps the suffix.
-    tmp_path = weights_path[: -len(sources.WEIGHTS_SUFFIX)] + ".partial" + sources.WEIGHTS_SUFFIX
-    model.save_weights(tmp_path)
-    os.replace(tmp_path, weights_path)
+    tmp_path = partial_weights_path(weights_path)
     description = {"format": _FORMAT, "architecture": model.architecture(), **metadata}
-    with atomic_write(json_path, "w") as f:
-        json.dump(description, f, indent=2)
+    try:
+        model.save_weights(tmp_path)
+        with atomic_write(json_path, "w") as f:
+            json.dump(description, f, indent=2)
+        os.replace(tmp_path, weights_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_path)
+        raise
 
 
 def read_model_description(weights_path):
