@@ -146,7 +146,7 @@ def _run_train_py():
         def save_then_stall(trainer):
             save(trainer)
             if trainer.step == stall_at:
-                trainer.train_writer.flush()
+                trainer.progress.train_writer.flush()
                 print(f"{_STALLED} {stall_at}", flush=True)
                 time.sleep(3600)
 

@@ -35,8 +35,8 @@ import tensorflow as tf
 from absl import logging
 
 from tf_pacseg.data import bad_records, records
-from tf_pacseg.inference import evaluation, metrics, report
-from tf_pacseg.training import checkpoints, run_lock, summaries
+from tf_pacseg.inference import evaluation, report
+from tf_pacseg.training import checkpoints, run_lock
 from tf_pacseg.training.best import BestModel
 from tf_pacseg.training.classes import resolve_classes
 from tf_pacseg.training.config import NonFiniteLossError, TrainResult
@@ -44,16 +44,10 @@ from tf_pacseg.training.debug import nonfinite_op_error
 from tf_pacseg.training.engine import create_engine
 from tf_pacseg.training.initialization import check_sources, initialize
 from tf_pacseg.training.pretrained import resolve_pretrained_path
+from tf_pacseg.training.progress import Progress
 from tf_pacseg.training.schedule import Schedule, StepDone, StopRequest
 
 EXPORT_DIR = "export"
-
-
-def _format_duration(seconds):
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 class Trainer:
@@ -82,9 +76,8 @@ class Trainer:
         self.evaluation = None  # The last evaluation's result.
         self.evaluated_at = None
         self.best = None  # --keep_best=miou: the `BestModel` (setup).
-        self.train_writer = self.eval_writer = None  # TensorBoard (setup).
+        self.progress = None  # `progress.Progress`: console and TensorBoard (setup).
         self._pending_losses = []  # Read back (a device sync) only at the finite check.
-        self._last_log = None  # (time, step) of the last log line.
         self.actions = (
             self._check_finite,
             self._log,
@@ -115,7 +108,7 @@ class Trainer:
         self.batches = self.engine.batches(
             train_files, start_step=self.batches_read, skip_list=self.skip_list
         )
-        self.train_writer, self.eval_writer = self._summary_writers()
+        self.progress = Progress(config, self.engine, self.schedule, self.skip_list)
 
     def run(self, stop):
         """Trains to the schedule's last step or a stop request; returns `TrainResult`.
@@ -123,8 +116,7 @@ class Trainer:
         Args:
             stop: `StopRequest`.
         """
-        self._log_start()
-        self._last_log = time.perf_counter(), self.step
+        self.progress.start(self.step)
         while self.step < self.schedule.last_step:
             done = self._train_step()
             for action in self.actions:
@@ -154,18 +146,6 @@ class Trainer:
         # checkpoint (for a checkpoint that does not say, one per step).
         position = restored.input_position if restored else None
         self.batches_read = self.step - self.schedule.first_step if position is None else position
-
-    def _summary_writers(self):
-        """(train, eval) TensorBoard writers: files on the chief, else no-ops."""
-        if not self.chief:
-            writer = tf.summary.create_noop_writer()
-            return writer, writer
-        model_dir = self.config.model_dir
-        train_writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
-        eval_writer = tf.summary.create_noop_writer()
-        if self.schedule.eval_every:
-            eval_writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
-        return train_writer, eval_writer
 
     def _train_step(self):
         """One step on the next batch; returns it as a `StepDone`."""
@@ -211,34 +191,13 @@ class Trainer:
             self.step = int(done.outputs["step"])
 
     def _log(self, done):
-        if not done.log:
-            return
-        now = time.perf_counter()
-        last_time, last_step = self._last_log
-        rate = (self.step - last_step) / max(now - last_time, 1e-9)
-        self._last_log = now, self.step
-        scalars = self._train_scalars(done.outputs, rate)
-        with self.train_writer.as_default():
-            summaries.write_scalars(scalars, self.step)
-        if self.chief:  # One progress line per run, not one per process.
-            self._log_line(scalars)
+        if done.log:
+            self.progress.log(self.step, done.outputs)
 
     def _write_images(self, done):
         """The batch, its labels and predictions of the first step and of each save."""
-        if not self.chief or not (done.save or self.step == self.schedule.first_step + 1):
-            return
-        first_replica = self.engine.first_replica
-        images = first_replica(done.images)[: summaries.MAX_IMAGES]
-        labels = first_replica(done.labels)[: summaries.MAX_IMAGES]
-        with self.train_writer.as_default():
-            summaries.write_batch_images(
-                self.step,
-                images,
-                labels,
-                self.engine.predict(images),
-                self.config.num_classes,
-                self.config.ignore_label,
-            )
+        if done.save or self.step == self.schedule.first_step + 1:
+            self.progress.write_images(self.step, done.images, done.labels)
 
     def _save(self, done):
         if done.save:
@@ -304,63 +263,6 @@ class Trainer:
                     "is kept. Lower --initial_learning_rate, or use --debug to find the op."
                 )
 
-    def _log_start(self):
-        config, engine = self.config, self.engine
-        logging.info(
-            "Training %s + %s (%s engine) with %s, batch %d (%d per replica), %d steps per "
-            "epoch; steps %d -> %d.",
-            config.base_architecture,
-            config.head,
-            engine.name,
-            engine.describe(),
-            config.batch_size,
-            engine.per_replica_batch,
-            self.schedule.steps_per_epoch,
-            self.step,
-            self.schedule.last_step,
-        )
-
-    def _train_scalars(self, outputs, rate):
-        """The training summaries: losses, learning rate, running metrics, speed."""
-        config = self.config
-        cm = self.engine.confusion_matrix()
-        scalars = {
-            "loss": float(outputs["loss"]),
-            f"{config.loss}_loss": float(outputs["data_loss"]),
-            "regularization": float(outputs["regularization"]),
-            "learning_rate": float(outputs["learning_rate"]),
-            "pixel_accuracy": metrics.pixel_accuracy(cm),
-            "mean_iou": metrics.mean_iou(cm),
-            "steps_per_second": rate,
-        }
-        if self.skip_list is not None:
-            scalars["skipped_records"] = self.skip_list.num_skipped
-        scalars.update(summaries.per_class_iou_scalars(cm, config.class_names))
-        return scalars
-
-    def _log_line(self, scalars):
-        config, schedule = self.config, self.schedule
-        rate = scalars["steps_per_second"]
-        eta = (schedule.last_step - self.step) / rate if rate > 0 else float("inf")
-        logging.info(
-            "step %d/%d (epoch %.2f)  loss %.4f (%s %.4f, reg %.4f)  lr %.3g  train px acc "
-            "%.4f mIoU %.4f  %.2f steps/s (%.1f images/s)  ETA %s%s",
-            self.step,
-            schedule.last_step,
-            schedule.epoch(self.step),
-            scalars["loss"],
-            config.loss,
-            scalars[f"{config.loss}_loss"],
-            scalars["regularization"],
-            scalars["learning_rate"],
-            scalars["pixel_accuracy"],
-            scalars["mean_iou"],
-            rate,
-            rate * config.batch_size,
-            _format_duration(eta),
-            "" if self.skip_list is None else f"  {scalars['skipped_records']} records skipped",
-        )
-
     def _evaluate(self):
         """Evaluates on the val records (on the chief; the others go on and wait)."""
         self.evaluated_at = self.step
@@ -378,8 +280,7 @@ class Trainer:
             skip_bad_records=self.config.skip_bad_records,
             verbose=0,
         )
-        with self.eval_writer.as_default():
-            summaries.write_segmentation_metrics(result, self.step)
+        self.progress.write_evaluation(result, self.step)
         logging.info(
             "Evaluation at step %d (epoch %.2f) on %d images, %.0f s: mIoU %.4f, pixel "
             "accuracy %.4f\n%s",
