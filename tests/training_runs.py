@@ -12,6 +12,19 @@ from tf_pacseg.training import loop
 _create_engine = loop.create_engine
 
 
+# train.py's flags for the same tiny model on 33x33 crops (subprocess runs of the script).
+TINY_TRAIN_FLAGS = (
+    "--num_gpu=0",
+    "--base_architecture=resnet_v1_50",
+    "--units_per_block=1,1,1,1",
+    "--num_classes=5",
+    "--batch_size=2",
+    "--input_height=33",
+    "--input_width=33",
+    "--pre_trained_model=",
+)
+
+
 def tiny_config(data_dir, model_dir, **overrides):
     """A `TrainConfig` of a tiny model on 33x33 crops, batch 2, 2 epochs, seeded."""
     settings = dict(

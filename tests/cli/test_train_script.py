@@ -11,17 +11,11 @@ import time
 import numpy as np
 import pytest
 from helpers import REPO, make_records
+from training_runs import TINY_TRAIN_FLAGS
 
 _TRAIN = os.path.join(REPO, "train.py")
 _TINY_FLAGS = [
-    "--num_gpu=0",
-    "--base_architecture=resnet_v1_50",
-    "--units_per_block=1,1,1,1",
-    "--num_classes=5",
-    "--batch_size=2",
-    "--input_height=33",
-    "--input_width=33",
-    "--pre_trained_model=",
+    *TINY_TRAIN_FLAGS,
     "--seed=1",
 ]
 # The original `_init_.py`'s options and defaults (docs/design.md §6).

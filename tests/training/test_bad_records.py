@@ -18,19 +18,12 @@ import numpy as np
 import pytest
 from damaged_records import FAULTS, damage
 from helpers import REPO, make_records
-from training_runs import Recorder, tiny_config, train_watched
+from training_runs import TINY_TRAIN_FLAGS, Recorder, tiny_config, train_watched
 
 from tf_pacseg.data import records
 
 _TINY_FLAGS = [
-    "--num_gpu=0",
-    "--base_architecture=resnet_v1_50",
-    "--units_per_block=1,1,1,1",
-    "--num_classes=5",
-    "--batch_size=2",
-    "--input_height=33",
-    "--input_width=33",
-    "--pre_trained_model=",
+    *TINY_TRAIN_FLAGS,
     "--seed=1",
     "--log_every_n_steps=1",
 ]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from helpers import REPO
 from PIL import Image
+from training_runs import TINY_TRAIN_FLAGS
 
 from tf_pacseg.data import class_names
 from tf_pacseg.inference import legend
@@ -27,14 +28,7 @@ _NAMES = ("background", "road", "grass", "water", "sand")
 _SPLITS = {"train": [f"t_{i}" for i in range(4)], "val": ["v_0", "v_1"]}
 _EVALUATION = re.compile(r"Evaluation at step (\d+) .*?: mIoU ([\d.]+)")
 _TINY_FLAGS = [
-    "--num_gpu=0",
-    "--base_architecture=resnet_v1_50",
-    "--units_per_block=1,1,1,1",
-    "--num_classes=5",
-    "--batch_size=2",
-    "--input_height=33",
-    "--input_width=33",
-    "--pre_trained_model=",
+    *TINY_TRAIN_FLAGS,
     "--seed=1",
     "--initial_learning_rate=0.02",
 ]

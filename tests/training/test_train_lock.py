@@ -12,19 +12,13 @@ import sys
 import time
 
 from helpers import REPO, make_records
+from training_runs import TINY_TRAIN_FLAGS
 
 from tf_pacseg.training import run_lock
 
 _TRAIN = os.path.join(REPO, "train.py")
 _TINY_FLAGS = [
-    "--num_gpu=0",
-    "--base_architecture=resnet_v1_50",
-    "--units_per_block=1,1,1,1",
-    "--num_classes=5",
-    "--batch_size=2",
-    "--input_height=33",
-    "--input_width=33",
-    "--pre_trained_model=",
+    *TINY_TRAIN_FLAGS,
     "--epochs_per_eval=0",
 ]
 _KILLED_SAVES = ["ckpt-7_temp/part-00000-of-00001.index", ".model.json.0123abcd.tmp"]
