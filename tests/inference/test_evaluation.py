@@ -390,7 +390,7 @@ def test_evaluate_script_on_original_checkpoint_writes_json(
 
 
 def test_auto_mode_tiles_padded_images_above_the_budget(model, record_dir, padded, caplog):
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="absl")  # Whatever verbosity earlier tests left.
     # 65x65 padded images run whole, the larger ones as 33x33 tiles of the padded image.
     tiles = Tiling(mode="auto", tile_size=33, max_whole_pixels=CROP[0] * CROP[1])
     result = evaluation.evaluate(

@@ -148,7 +148,7 @@ def test_non_square_tiles_and_strides_touching_tiles_and_a_side_shorter_than_a_t
 
 def test_auto_chooses_by_the_pixel_budget_and_logs_it(model, image, caplog):
     height, width = IMAGE_SIZE
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="absl")  # Whatever verbosity earlier tests left.
     fits = Tiling(mode="auto", tile_size=65, max_whole_pixels=height * width)
     labels = prediction.predict_image(model, image, "index", fits)
     np.testing.assert_array_equal(labels, _whole(model, image).argmax(-1))
