@@ -31,21 +31,107 @@ def quiet_python_logs():
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def time_reference_in_subprocess(script):
-    """The original's timing from `script --only=reference --json`, run on TensorFlow.
+# Lines of the worker protocol on a worker's stdout (anything else there is ignored).
+_WORKER_PREFIX = "@bench "
 
-    For ours on another Keras backend: the same flags, in a subprocess with
-    `KERAS_BACKEND=tensorflow`, after ours (not alternated).
+
+def serve(run, warmup, describe):
+    """The worker side of `time_in_processes`: times `run` as the parent asks.
+
+    Runs `warmup` untimed calls, sends `describe()` (what the report needs
+    besides times), then for each line "N" on stdin times N calls and sends
+    the seconds per call, until stdin closes.
+
+    Args:
+        run: callable, one iteration that returns when its work is done.
+        warmup: int. Untimed calls first.
+        describe: callable returning a JSON-able dict, called once warm.
     """
-    argv = [a for a in sys.argv[1:] if not a.startswith(("--only", "--runtimes", "--json"))]
-    result = subprocess.run(
-        [sys.executable, os.path.abspath(script), *argv, "--only=reference", "--json"],
-        env=dict(os.environ, KERAS_BACKEND="tensorflow"),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])["reference"]
+    for _ in range(warmup):
+        run()
+    print(_WORKER_PREFIX + json.dumps(describe()), flush=True)
+    for line in sys.stdin:
+        calls = int(line)
+        start = time.perf_counter()
+        for _ in range(calls):
+            run()
+        print(_WORKER_PREFIX + json.dumps((time.perf_counter() - start) / calls), flush=True)
+
+
+def runs_in_processes(names, isolate):
+    """Whether runners `names` are timed in worker processes (`time_in_processes`).
+
+    When `isolate` asks for it, and always for the original beside ours on
+    another backend than TensorFlow: it needs TensorFlow.
+    """
+    return len(names) > 1 and (isolate or not uses_tensorflow())
+
+
+class _Worker:
+    """One runner in a process of its own: this script again with `--worker=NAME`."""
+
+    def __init__(self, name, extra_args, env):
+        argv = [a for a in sys.argv[1:] if not a.startswith(("--worker", "--json"))]
+        self.name = name
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.abspath(sys.argv[0]), *argv, *extra_args, f"--worker={name}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
+    def receive(self):
+        for line in self.process.stdout:
+            if line.startswith(_WORKER_PREFIX):
+                return json.loads(line[len(_WORKER_PREFIX) :])
+        code = self.process.wait()
+        raise RuntimeError(f"the {self.name} worker exited ({code}) before answering; see above.")
+
+    def time(self, calls):
+        self.process.stdin.write(f"{calls}\n")
+        self.process.stdin.flush()
+        return self.receive()
+
+    def close(self):
+        if self.process.stdin:
+            self.process.stdin.close()
+        self.process.wait()
+
+
+def time_in_processes(names, repeats, iterations, extra_args=()):
+    """`time_alternating`'s figures, each runner in a worker process of its own.
+
+    Runners sharing a process share its thread pools, allocator and kernel
+    caches: the original's TF1 session measured 10-20% slower beside our
+    model than alone on the same idle machine. Each worker is this script
+    with the same flags plus `--worker=NAME`, which calls `serve`; workers
+    start one after another (each warm before the next starts) and are
+    timed in alternating rounds, the idle ones blocked on their input.
+
+    Args:
+        names: the runners, in order.
+        repeats, iterations: as `time_alternating`.
+        extra_args: more flags for every worker.
+
+    Returns:
+        (timings as `time_alternating` returns them, {name: its worker's `describe()`}).
+    """
+    workers, ready = {}, {}
+    try:
+        for name in names:
+            # The original (runner "reference") runs on TensorFlow whatever ours runs on.
+            env = dict(os.environ, KERAS_BACKEND="tensorflow") if name == "reference" else None
+            workers[name] = _Worker(name, extra_args, env)
+            ready[name] = workers[name].receive()
+        rounds = {name: [] for name in names}
+        for _ in range(repeats):
+            for name, worker in workers.items():
+                rounds[name].append(worker.time(iterations))
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return {name: (statistics.median(t), t) for name, t in rounds.items()}, ready
 
 
 def accelerators():

@@ -5,8 +5,9 @@ Ours is `tf_pacseg.build_model` in inference mode (a `tf.function`, or a
 tf.compat.v1 (`tf_pacseg.testing.tf1_network.build_reference_graph`) in a
 session. By default both hold the same random weights (a TF1 checkpoint
 written by the reference and loaded into ours, the largest logit difference
-is printed). Same random images for both, alternating rounds after a
-warm-up; the medians and their ratios to the original's are printed.
+is printed). Same random images for both, each runner in a worker process of
+its own (`--noisolate`: all in this one), alternating rounds after a warm-up;
+the medians and their ratios to the original's are printed.
 
 `--runtimes` adds our model exported (at the benchmark's size, into a
 temporary folder, by `tf_pacseg.export.exporter.export_model`) and run by
@@ -20,7 +21,7 @@ Keras; the exports need the TensorFlow backend and their extras.
         --repeats=2 --iterations=2 --warmup=1   # a smoke test
     python bench/infer.py --runtimes=keras,onnxruntime,openvino,reference ...
     KERAS_BACKEND=jax python bench/infer.py ...   # ours on JAX, the original in a
-                                                  # TensorFlow subprocess
+                                                  # TensorFlow worker
 """
 
 import functools
@@ -74,6 +75,15 @@ flags.DEFINE_integer("warmup", 2, "Untimed forward passes first (tracing).", low
 flags.DEFINE_boolean(
     "profile", False, "Also print where our time goes, by op type (the backend's profiler)."
 )
+flags.DEFINE_boolean(
+    "isolate",
+    True,
+    "Time each runner in a worker process of its own (else all in this one).",
+)
+flags.DEFINE_enum(
+    "worker", None, list(RUNTIMES), "Internal: serve one runner to the timing process."
+)
+flags.DEFINE_string("worker_dir", None, "Internal: the weights and exports the workers share.")
 flags.DEFINE_boolean("json", False, "Print one JSON line of the timings instead of a report.")
 FLAGS = flags.FLAGS
 
@@ -165,17 +175,16 @@ def make_reference_forward(images, checkpoint=None):
 
 
 def _write_checkpoint(directory):
+    """Writes the reference's random weights as a TF1 checkpoint into `directory`."""
     from tf_pacseg.testing import tf1_checkpoints
 
-    prefix = os.path.join(directory, "model.ckpt")
     tf1_checkpoints.write_reference_checkpoint(
-        prefix,
+        os.path.join(directory, "model.ckpt"),
         FLAGS.base_architecture,
         FLAGS.head,
         output_stride=FLAGS.output_stride,
         units_per_block=_units_per_block(),
     )
-    return prefix
 
 
 def selected_runtimes():
@@ -206,8 +215,6 @@ def make_exported_forward(model, images, name, directory):
 
 def make_runners(names, images, checkpoint, directory):
     """({name: callable returning numpy logits} in the order of `names`, our model or None)."""
-    import keras
-
     runners, ours, model = {}, None, None
     if any(name != "reference" for name in names):
         ours, model = make_our_forward(images, checkpoint)
@@ -216,73 +223,123 @@ def make_runners(names, images, checkpoint, directory):
             runners[name] = ours
         elif name in _EXPORTS:
             runners[name] = make_exported_forward(model, images, name, directory)
-        elif keras.backend.backend() == "tensorflow":
+        else:
             runners[name] = make_reference_forward(images, checkpoint)
-    return runners, ours, model
+    return runners, model
 
 
-def _difference_note(runners, ours, same_weights):
+def _describe(name, run, model, directory):
+    """What the report needs of runner `name` besides its time.
+
+    Its logits (saved into `directory`, for the differences), and for ours
+    the FLOPs and, with --profile, the op-type table.
+    """
+    import numpy as np
+
+    path = os.path.join(directory, f"{name}.logits.npy")
+    np.save(path, run())
+    info = {"logits": path}
+    if name == "keras":
+        info["flops"] = common.forward_flops(model, FLAGS.height, FLAGS.width)
+        if FLAGS.profile:
+            info["profile"] = profiling.profile_table(run, FLAGS.iterations)
+    return info
+
+
+def _difference_note(described, same_weights):
     """ "max |logit difference| from keras: …" of every runner holding our weights."""
     import numpy as np
 
-    expected = ours()
+    if "keras" not in described:
+        return None
+    expected = np.load(described["keras"]["logits"])
     differences = [
-        f"{name} {float(np.abs(run() - expected).max()):.2g}"
-        for name, run in runners.items()
+        f"{name} {float(np.abs(np.load(info['logits']) - expected).max()):.2g}"
+        for name, info in described.items()
         if name != "keras" and (name != "reference" or same_weights)
     ]
     return "max |logit difference| from keras: " + ", ".join(differences) if differences else None
 
 
-def main():
-    import keras
+def _images():
     import numpy as np
 
-    common.quiet_python_logs()
-    backend = keras.backend.backend()
-    names = selected_runtimes()
     images = np.random.default_rng(0).uniform(
         0, 255, (FLAGS.batch_size, FLAGS.height, FLAGS.width, 3)
     )
-    images = images.astype("float32")
+    return images.astype("float32")
+
+
+def _checkpoint(directory):
+    """The TF1 checkpoint of the shared random weights in `directory`, or None."""
+    prefix = os.path.join(directory, "model.ckpt")
+    return prefix if os.path.exists(prefix + ".index") else None
+
+
+def _serve_worker():
+    """--worker: builds one runner (on the weights in --worker_dir) and serves it."""
+    runners, model = make_runners(
+        [FLAGS.worker], _images(), _checkpoint(FLAGS.worker_dir), FLAGS.worker_dir
+    )
+    run = runners[FLAGS.worker]
+    common.serve(run, FLAGS.warmup, lambda: _describe(FLAGS.worker, run, model, FLAGS.worker_dir))
+
+
+def _time(names, directory):
+    """(Timings of the runners `names`, {name: `_describe`}): in worker processes or here."""
+    if common.runs_in_processes(names, FLAGS.isolate):
+        extra_args = [f"--worker_dir={directory}"]
+        return common.time_in_processes(names, FLAGS.repeats, FLAGS.iterations, extra_args)
+    runners, model = make_runners(names, _images(), _checkpoint(directory), directory)
+    described = {name: _describe(name, run, model, directory) for name, run in runners.items()}
+    timings = common.time_alternating(runners, FLAGS.repeats, FLAGS.iterations, FLAGS.warmup)
+    return timings, described
+
+
+def main():
+    import keras
+
+    common.quiet_python_logs()
+    backend = keras.backend.backend()
     if FLAGS.mixed_precision != "none":
         keras.mixed_precision.set_dtype_policy(FLAGS.mixed_precision)
-    # The same weights need the reference here, on TensorFlow.
+    if FLAGS.worker:
+        _serve_worker()
+        return
+    names = selected_runtimes()
+    # The same weights need the reference's checkpoint writer, on TensorFlow.
     same_weights = (
         FLAGS.same_weights and "reference" in names and len(names) > 1 and backend == "tensorflow"
     )
-    notes = []
     with tempfile.TemporaryDirectory() as directory:
-        checkpoint = _write_checkpoint(directory) if same_weights else None
-        runners, ours, model = make_runners(names, images, checkpoint, directory)
-        if ours is not None:
-            notes.append(_difference_note(runners, ours, same_weights))
-        timings = common.time_alternating(runners, FLAGS.repeats, FLAGS.iterations, FLAGS.warmup)
-    note = ""
-    if "reference" in names and "reference" not in runners:
-        timings["reference"] = common.time_reference_in_subprocess(__file__)
-        note = " (the original timed after ours, in a TensorFlow subprocess: not alternated)"
+        if same_weights:
+            _write_checkpoint(directory)
+        timings, described = _time(names, directory)
+        notes = [_difference_note(described, same_weights)]
     if FLAGS.json:
         print(json.dumps(timings))
         return
-    if "keras" in runners:
+    if "keras" in described:
         rate = FLAGS.batch_size / timings["keras"][0]
-        flops = common.forward_flops(model, FLAGS.height, FLAGS.width)
         notes.append(
             f"ours: {rate:.1f} images/s; "
-            + common.utilisation_line(flops, rate, FLAGS.mixed_precision)
+            + common.utilisation_line(described["keras"]["flops"], rate, FLAGS.mixed_precision)
         )
-        if FLAGS.profile:
-            notes.extend(profiling.profile_table(runners["keras"], FLAGS.iterations))
+        notes.extend(described["keras"].get("profile", []))
     units = ",".join(FLAGS.units_per_block) if FLAGS.units_per_block else "full"
     weights = "same random weights" if same_weights else "independent random weights"
     xla = FLAGS.jit_compile or backend == "jax"
+    where = (
+        "each in its own process"
+        if common.runs_in_processes(names, FLAGS.isolate)
+        else "in one process"
+    )
     common.report(
         f"inference {FLAGS.base_architecture} ({units}) + {FLAGS.head}, OS{FLAGS.output_stride}, "
         f"{FLAGS.height}x{FLAGS.width}, batch {FLAGS.batch_size}, {FLAGS.mixed_precision}, "
         f"xla={'on' if xla else 'off'}, backend {backend}, "
         f"{len(common.accelerators())} accelerator(s); {weights}; "
-        f"median of {FLAGS.repeats} rounds of {FLAGS.iterations} passes{note}",
+        f"median of {FLAGS.repeats} rounds of {FLAGS.iterations} passes, {where}",
         timings,
         "image",
         FLAGS.batch_size,

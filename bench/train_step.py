@@ -5,14 +5,15 @@ update); the original's is its training branch rebuilt in tf.compat.v1
 (`tf_pacseg.testing.tf1_training.build_training_graph`): slim's fused BatchNorm
 in training mode with its moving-average update ops, boundary-aware loss (or
 cross entropy), slim L2 on the conv kernels, momentum on the poly rate. Both
-run on one fixed random batch (the input pipeline is left out), in
-alternating rounds after a warm-up; the medians and their ratio are printed.
+run on one fixed random batch (the input pipeline is left out), each in a
+worker process of its own (`--noisolate`: both in this one), in alternating
+rounds after a warm-up; the medians and their ratio are printed.
 
     python bench/train_step.py --crop_size=321 --batch_size=2 --num_gpu=0
     python bench/train_step.py --units_per_block=1,1,1,1 --crop_size=65 --batch_size=2 \
         --repeats=2 --steps=2 --warmup=1   # a smoke test
     KERAS_BACKEND=jax python bench/train_step.py ...   # ours on JAX, the original in a
-                                                        # TensorFlow subprocess
+                                                        # TensorFlow worker
 
 GPU runs (`--num_gpu`, `--mixed_precision`, `--jit_compile`) time ours only
 unless `--only=both` is given, as the original ran float32 without XLA.
@@ -53,6 +54,14 @@ flags.DEFINE_integer("steps", 3, "Timed steps per round and network.", lower_bou
 flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, autotuning).", lower_bound=1)
 flags.DEFINE_boolean(
     "profile", False, "Also print where our time goes, by op type (the backend's profiler)."
+)
+flags.DEFINE_boolean(
+    "isolate",
+    True,
+    "Time ours and the original each in a worker process of its own (else both in this one).",
+)
+flags.DEFINE_enum(
+    "worker", None, ["ours", "reference"], "Internal: serve one runner to the timing process."
 )
 flags.DEFINE_boolean("json", False, "Print one JSON line of the medians instead of a report.")
 FLAGS = flags.FLAGS
@@ -179,6 +188,45 @@ def make_reference_step(config, images, labels):
     return run
 
 
+def _make_runner(name, config, images, labels):
+    """(The callable timing runner `name`, ours or the original; our model or None)."""
+    if name == "ours":
+        return make_our_step(config, images, labels)
+    return make_reference_step(config, images, labels), None
+
+
+def _describe(name, run, model, config):
+    """What the report needs of runner `name` besides its time: FLOPs and profile of ours."""
+    if name != "ours":
+        return {}
+    # A training step costs three forward passes: forward, input and weight gradients.
+    info = {"flops": 3 * common.forward_flops(model, config.input_height, config.input_width)}
+    if FLAGS.profile:
+        info["profile"] = profiling.profile_table(run, FLAGS.steps)
+    return info
+
+
+def _runner_names(config):
+    only = FLAGS.only
+    if only is None:
+        # The original ran float32 without XLA.
+        plain = config.mixed_precision == "none" and not config.jit_compile
+        only = "both" if plain else "ours"
+    return {"both": ["ours", "reference"], "ours": ["ours"], "reference": ["reference"]}[only]
+
+
+def _time(names, config):
+    """(Timings of the runners `names`, {name: `_describe`}): in worker processes or here."""
+    if common.runs_in_processes(names, FLAGS.isolate):
+        return common.time_in_processes(names, FLAGS.repeats, FLAGS.steps)
+    images, labels = random_batch(config)
+    runners = {name: _make_runner(name, config, images, labels) for name in names}
+    timings = common.time_alternating(
+        {name: run for name, (run, _) in runners.items()}, FLAGS.repeats, FLAGS.steps, FLAGS.warmup
+    )
+    return timings, {name: _describe(name, *runners[name], config) for name in names}
+
+
 def main():
     import keras
 
@@ -188,43 +236,37 @@ def main():
     config = _config(num_gpu)
     if config.mixed_precision != "none":
         keras.mixed_precision.set_dtype_policy(config.mixed_precision)
-    only = FLAGS.only
-    if only is None:
-        # The original ran float32 without XLA.
-        plain = config.mixed_precision == "none" and not config.jit_compile
-        only = "both" if plain else "ours"
-    images, labels = random_batch(config)
-    runners, notes = {}, []
-    if only in ("both", "ours"):
-        runners["ours"], model = make_our_step(config, images, labels)
-    if only in ("both", "reference") and backend == "tensorflow":
-        runners["reference"] = make_reference_step(config, images, labels)
-    timings = common.time_alternating(runners, FLAGS.repeats, FLAGS.steps, FLAGS.warmup)
-    note = ""
-    if only == "both" and backend != "tensorflow":
-        timings["reference"] = common.time_reference_in_subprocess(__file__)
-        note = " (the original timed after ours, in a TensorFlow subprocess: not alternated)"
+    if FLAGS.worker:
+        images, labels = random_batch(config)
+        run, model = _make_runner(FLAGS.worker, config, images, labels)
+        common.serve(run, FLAGS.warmup, lambda: _describe(FLAGS.worker, run, model, config))
+        return
+    names = _runner_names(config)
+    timings, described = _time(names, config)
     if FLAGS.json:
         print(json.dumps(timings))
         return
-    if "ours" in runners:
-        # A training step costs three forward passes: forward, input and weight gradients.
-        flops = 3 * common.forward_flops(model, config.input_height, config.input_width)
+    notes = []
+    if "ours" in described:
         rate = config.batch_size / timings["ours"][0]
         notes.append(
             f"ours: {rate:.1f} images/s; "
-            + common.utilisation_line(flops, rate, config.mixed_precision)
+            + common.utilisation_line(described["ours"]["flops"], rate, config.mixed_precision)
         )
-        if FLAGS.profile:
-            notes.extend(profiling.profile_table(runners["ours"], FLAGS.steps))
+        notes.extend(described["ours"].get("profile", []))
     units = ",".join(map(str, config.units_per_block)) if config.units_per_block else "full"
+    where = (
+        "each in its own process"
+        if common.runs_in_processes(names, FLAGS.isolate)
+        else "in one process"
+    )
     common.report(
         f"train_step {config.base_architecture} ({units}) + {config.head}, "
         f"loss {config.loss} + L2, OS{config.output_stride}, crop {FLAGS.crop_size}, "
         f"batch {config.batch_size}, {config.mixed_precision}, "
         f"xla={'on' if config.jit_compile or backend == 'jax' else 'off'}, "
         f"backend {backend}, {num_gpu} accelerator(s); "
-        f"median of {FLAGS.repeats} rounds of {FLAGS.steps} steps{note}",
+        f"median of {FLAGS.repeats} rounds of {FLAGS.steps} steps, {where}",
         timings,
         "step",
         1,

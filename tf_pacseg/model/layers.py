@@ -150,9 +150,8 @@ class BatchNorm(keras.layers.BatchNormalization):
 
     def _update_moving_statistics(self, mean, unbiased_variance):
         for moving, batch in ((self.moving_mean, mean), (self.moving_variance, unbiased_variance)):
-            moving.assign(
-                ops.cast(moving, batch.dtype) * self.momentum + batch * (1.0 - self.momentum)
-            )
+            # As TF1's `assign_moving_average`, in its order of operations.
+            moving.assign_sub((ops.cast(moving, batch.dtype) - batch) * (1.0 - self.momentum))
 
     def get_config(self):
         config = super().get_config()
