@@ -82,9 +82,12 @@ def run(main, uses_tensorflow=True):
         return main()
 
     # absl's --help prints `__main__`'s docstring and the flags of the file run,
-    # a shim or a console script's wrapper: show the entry point's own instead.
+    # a shim or a console script's wrapper: show the entry point's own instead,
+    # with those it defines through this package's shared flag modules.
     entry = main.__module__
     sys.modules["__main__"].__doc__ = sys.modules[entry].__doc__
-    for flag in flags.FLAGS.get_key_flags_for_module(entry):
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    for module in flags.FLAGS.flags_by_module_dict():
+        if module == entry or module.startswith(f"{__name__}.") and module.endswith("_flags"):
+            for flag in flags.FLAGS.get_key_flags_for_module(module):
+                flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(checked_main)

@@ -14,24 +14,13 @@ import sys
 
 from absl import flags
 
-from tf_pacseg import cli, constants
+from tf_pacseg import cli
+from tf_pacseg.cli.data_flags import define_label_value_flags
 
 flags.DEFINE_string(
     "data_dir", None, "Folder of the records: the --data_dir of training and evaluation."
 )
-flags.DEFINE_integer(
-    "num_classes",
-    constants.NUM_CLASSES,
-    "Label values must be below this, or --ignore_label.",
-    lower_bound=1,
-)
-flags.DEFINE_integer(
-    "ignore_label",
-    constants.IGNORE_LABEL,
-    "Label value of void pixels, allowed beside the class ids.",
-    lower_bound=0,
-    upper_bound=255,
-)
+define_label_value_flags()
 flags.DEFINE_integer(
     "num_workers",
     None,

@@ -25,7 +25,8 @@ import sys
 
 from absl import flags
 
-from tf_pacseg import cli, constants
+from tf_pacseg import cli
+from tf_pacseg.cli.data_flags import define_label_value_flags
 from tf_pacseg.data import conversion
 
 flags.DEFINE_string(
@@ -55,19 +56,7 @@ flags.DEFINE_string(
     "(SegmentationClassAug) or VOC palette PNGs (SegmentationClass).",
 )
 flags.DEFINE_integer("num_shards", 4, "TFRecord shards per split.", lower_bound=1)
-flags.DEFINE_integer(
-    "num_classes",
-    constants.NUM_CLASSES,
-    "Label values must be below this, or --ignore_label.",
-    lower_bound=1,
-)
-flags.DEFINE_integer(
-    "ignore_label",
-    constants.IGNORE_LABEL,
-    "Label value of void pixels, allowed beside the class ids.",
-    lower_bound=0,
-    upper_bound=255,
-)
+define_label_value_flags()
 flags.DEFINE_boolean(
     "strict", False, "Stop at the first bad sample instead of skipping it with a warning."
 )

@@ -142,13 +142,7 @@ def probabilities(model, images, eval_scales=(1.0,), add_flipped_images=False):
 def scores(model, images, eval_scales=(1.0,), add_flipped_images=False):
     """Per-pixel class scores of a batch: logits, or mean probabilities over scales/flips.
 
-    Args:
-        model: a Keras segmentation model (see `forward_fn`).
-        images: float32 [N, H, W, 3] in 0..255 (NumPy or backend tensor).
-        eval_scales: sequence of floats. Scales of the multi-scale evaluation;
-            `(1.0,)` is plain single-scale. Defaults to `(1.0,)`.
-        add_flipped_images: bool. Also average over left-right flips.
-            Defaults to `False`.
+    Args: as `probabilities`.
 
     Returns:
         float32 [N, H, W, num_classes]: the logits for one scale of 1 without
