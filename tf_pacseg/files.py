@@ -87,6 +87,25 @@ def temporary_path(path):
     return os.path.join(directory, f".{name}.partial")
 
 
+@contextlib.contextmanager
+def removed_on_failure(*paths):
+    """Removes the files or folders `paths` if the block raises: a failed writer's partial output.
+
+    Args:
+        *paths: str. What the block writes before renaming it to its final name.
+    """
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+        raise
+
+
 def temporary_names(name_pattern):
     """The names `atomic_write` and `temporary_path` give the temporaries of `name_pattern`.
 

@@ -5,12 +5,18 @@ r"""Evaluates a segmentation model on PASCAL VOC val: IoU per class, mIoU, pixel
         --image_data_dir=VOC2012/JPEGImages --label_data_dir=VOC2012/SegmentationClassAug \
         --evaluation_data_list=dataset/val.txt --output_json=val.json \
         --per_image_json=val_images.json --confusion_png=val_confusion.png
+    python evaluate.py --model_path=pacseg.xml --openvino_precision=bf16 --data_dir=dataset
 
 Each image is padded bottom/right to at least --input_height x --input_width
 with the mean pixel (labels with --ignore_label, which the metrics leave out)
 and evaluated at that size, as the original evaluated during training;
 padded images above --max_whole_pixels (4 MP: never VOC's) run as overlapping
-tiles (--inference_mode). Runs on either Keras backend (KERAS_BACKEND=tensorflow or jax).
+tiles (--inference_mode). Runs on either Keras backend (KERAS_BACKEND=tensorflow or jax),
+or (--model_path) an ONNX or OpenVINO export of checkpoints/export.py, run on the
+CPU by onnxruntime or OpenVINO, as predict.py runs it: so the mIoU of an export
+(OpenVINO in bf16, say) can be set beside the Keras model's. An export of a fixed
+--input_size runs at scale 1 on images padded to exactly that size, or with
+--inference_mode=slide on tiles of that size.
 """
 
 import sys
@@ -21,13 +27,16 @@ from tf_pacseg import cli, constants
 from tf_pacseg.cli.model_flags import (
     class_names_from_flags,
     define_class_names_flag,
+    define_exported_model_flags,
     define_inference_flags,
     define_model_flags,
+    exported_model_from_flags,
     load_model_from_flags,
     tiling_from_flags,
 )
 
 define_model_flags()
+define_exported_model_flags()
 define_inference_flags()
 define_class_names_flag()
 
@@ -100,7 +109,7 @@ flags.DEFINE_string(
     "Also draw the confusion matrix here, each row normalised (the share of the class's "
     "labelled pixels predicted as each class).",
 )
-flags.mark_flag_as_required("model_dir")
+flags.mark_flags_as_mutual_exclusive(["model_dir", "model_path"], required=True)
 FLAGS = flags.FLAGS
 
 
@@ -122,7 +131,49 @@ def _write_reports(result, image_matrices, names):
         print(f"wrote {FLAGS.confusion_png}")
 
 
+def _check_fixed_size(input_size, tiling, scales):
+    """Raises ValueError naming the flag that would run a fixed-size export at another size.
+
+    Checked before any data is read; its runtime would refuse them only at the first batch.
+
+    Args:
+        input_size: (height, width) or None. The export's fixed input size.
+        tiling: `Tiling`. Of the inference flags.
+        scales: list of floats. Of --eval_scales.
+    """
+    if input_size is None:
+        return
+    height, width = input_size
+    fixed = f"{FLAGS.model_path} takes {height}x{width} (height x width) images only"
+    crop = (FLAGS.input_height, FLAGS.input_width)
+    received = f"received --input_height={crop[0]} --input_width={crop[1]}"
+    if any(scale != 1.0 for scale in scales):
+        raise ValueError(
+            f"--eval_scales must be 1: {fixed}; received "
+            f"--eval_scales={','.join(FLAGS.eval_scales)}."
+        )
+    if tiling.mode != "slide":
+        if crop != input_size:
+            raise ValueError(
+                f"--input_height and --input_width must be {height} and {width}: {fixed}, and "
+                "images run whole, padded to that size (or pass --inference_mode=slide with "
+                f"tiles of that size); {received}."
+            )
+    elif tiling.tile_size != input_size:
+        raise ValueError(
+            f"--tile_size must give {height}x{width} tiles: {fixed}; received "
+            f"--tile_size={FLAGS.tile_size}."
+        )
+    elif crop[0] < height or crop[1] < width:
+        raise ValueError(
+            f"--input_height and --input_width must be at least {height} and {width} with "
+            f"--inference_mode=slide: {fixed}, and images padded to less give smaller tiles; "
+            f"{received}."
+        )
+
+
 def main():
+    from tf_pacseg.export.extras import MissingExtraError
     from tf_pacseg.inference import evaluation, report
 
     try:
@@ -137,7 +188,11 @@ def main():
             FLAGS.label_data_dir,
             FLAGS.evaluation_data_list,
         )
-        model = load_model_from_flags()
+        if FLAGS.model_path:
+            model = exported_model_from_flags()
+            _check_fixed_size(model.input_size, tiling, scales)
+        else:
+            model = load_model_from_flags()
         names = class_names_from_flags(model.num_classes, FLAGS.data_dir)
         image_matrices = {}  # {index: confusion matrix} of each image.
         result = evaluation.evaluate(
@@ -157,7 +212,7 @@ def main():
             on_image=image_matrices.__setitem__ if FLAGS.per_image_json else None,
             skip_bad_records=FLAGS.skip_bad_records,
         )
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, MissingExtraError) as error:
         sys.exit(f"evaluate.py: {error}")
     print(report.format_result(result))
     if "skipped_records" in result:

@@ -27,7 +27,8 @@ def define_exported_model_flags():
         "Instead of --model_dir: a model exported by checkpoints/export.py, run on the CPU "
         "by the runtime its name says: FILE.onnx by onnxruntime (the `onnx` extra), FILE.xml "
         "by OpenVINO (the `openvino` extra). Exports hold no class names: --class_names, "
-        "else the default.",
+        "else the class_names.txt beside the --data_dir records (evaluate.py), else the "
+        "default.",
     )
     flags.DEFINE_enum(
         "openvino_precision",
@@ -188,5 +189,5 @@ def class_names_from_flags(num_classes, data_dir=None):
     if values.model_dir is None:  # --model_path: an exported model.
         from tf_pacseg.data import class_names
 
-        return class_names.load_class_names(values.class_names, num_classes)
+        return class_names.resolve_class_names(values.class_names, num_classes, data_dir)
     return model_class_names(values.class_names, values.model_dir, num_classes, data_dir)

@@ -15,7 +15,7 @@ import os
 
 from tf_pacseg.export.extras import require, require_format
 from tf_pacseg.export.saved_model import images_spec
-from tf_pacseg.files import temporary_path
+from tf_pacseg.files import removed_on_failure, temporary_path
 
 _DIMENSION_NAMES = ("batch", "height", "width")
 
@@ -31,8 +31,10 @@ def write_onnx(model, path, input_size=None):
     """
     require_format("onnx")  # Before the slow conversion.
     partial = temporary_path(path)
-    model.export(partial, format="onnx", input_signature=[images_spec(input_size)], verbose=False)
-    _name_output_and_dimensions(partial)
+    with removed_on_failure(partial):
+        spec = images_spec(input_size)
+        model.export(partial, format="onnx", input_signature=[spec], verbose=False)
+        _name_output_and_dimensions(partial)
     os.replace(partial, path)
 
 

@@ -22,6 +22,7 @@ import tempfile
 from tf_pacseg import checks
 from tf_pacseg.export.extras import require
 from tf_pacseg.export.saved_model import write_saved_model
+from tf_pacseg.files import removed_on_failure
 
 
 def weights_path(xml_path):
@@ -43,7 +44,10 @@ def write_openvino(model, path, input_size=None):
     openvino = require("openvino", "openvino")
     directory, name = os.path.split(os.path.abspath(path))
     partial = os.path.join(directory, f".{name[: -len('.xml')]}.partial.xml")
-    with tempfile.TemporaryDirectory() as temporary:
+    with (
+        tempfile.TemporaryDirectory() as temporary,
+        removed_on_failure(partial, weights_path(partial)),
+    ):
         saved_model = os.path.join(temporary, "saved_model")
         write_saved_model(model, saved_model, input_size=input_size, image_bytes=False)
         converted = openvino.Core().read_model(saved_model)

@@ -31,7 +31,7 @@ import keras
 import tensorflow as tf
 
 from tf_pacseg import constants
-from tf_pacseg.files import temporary_path
+from tf_pacseg.files import removed_on_failure, temporary_path
 
 IMAGES_ENDPOINT = "serve"
 IMAGE_BYTES_ENDPOINT = "serve_image_bytes"
@@ -77,7 +77,8 @@ def write_saved_model(model, export_dir, input_size=None, image_bytes=True, prob
     shutil.rmtree(partial, ignore_errors=True)
     # Inference only: no gradient functions (which JAX-traced models cannot give).
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
-    archive.write_out(partial, options=options, verbose=False)
+    with removed_on_failure(partial):
+        archive.write_out(partial, options=options, verbose=False)
     shutil.rmtree(export_dir, ignore_errors=True)
     os.replace(partial, export_dir)
 

@@ -25,7 +25,9 @@ matrix by construction.
 Optionally (DeepLab's multi-scale evaluation), the scores are averaged over
 resized and/or flipped copies of each image (`forward.scores`). Padded images
 above `tiling`'s pixel budget (4 MP by default: never VOC's) run as
-overlapping tiles (`tf_pacseg.inference.tiling`).
+overlapping tiles (`tf_pacseg.inference.tiling`). The model may also be an
+ONNX or OpenVINO export (`runtimes.ExportedModel`), which the forward pass runs
+in place of the network, so an export's mIoU is measured the same way.
 
 Example:
 
@@ -283,7 +285,9 @@ def evaluate(
 
     Args:
         model: a Keras segmentation model (RGB 0..255 in, logits out), e.g.
-            from `saving.load_model`.
+            from `saving.load_model`, or an export run by its runtime
+            (`runtimes.load_exported_model`; a fixed-size export takes only
+            images padded, or tiles, of its size, at scale 1).
         data_dir: str. Folder of the val records (`val-*-of-*.tfrecord`, or
             the original's `voc_val.record`).
         image_data_dir: str. Folder of `<id>.jpg` images.

@@ -58,7 +58,8 @@ class ExportedModel:
             raise checks.invalid(
                 "images",
                 f"a (height, width) of {self.input_size}, the fixed input size of "
-                f"{self.path}; export without a fixed size, or pick tiles of that size",
+                f"{self.path}; export without a fixed size (--input_size=dynamic), or run "
+                "tiles of that size (--inference_mode=slide and --tile_size)",
                 received=f"images of (height, width) {size}",
             )
         return np.asarray(self._run(images), np.float32)
