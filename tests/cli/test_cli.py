@@ -44,6 +44,9 @@ def test_help_prints_no_tensorflow_lines(script):
     result = _run(script, "--help")
     assert "flags:" in result.stdout, result.stderr[-2000:]  # absl exits 1 after help.
     assert not _CPP_LOG_LINE.search(result.stderr), result.stderr[-2000:]
+    # Its required flags are listed, also those defined in the shared flag modules.
+    for flag in SCRIPTS[script]:
+        assert f"  {flag.split('=')[0]}:" in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
