@@ -55,7 +55,9 @@ flags.DEFINE_string(
     "Folder of <id>.png labels, relative to --data_dir: one-channel class indices "
     "(SegmentationClassAug) or VOC palette PNGs (SegmentationClass).",
 )
-flags.DEFINE_integer("num_shards", 4, "TFRecord shards per split.", lower_bound=1)
+flags.DEFINE_integer(
+    "num_shards", conversion.NUM_SHARDS, "TFRecord shards per split.", lower_bound=1
+)
 define_label_value_flags()
 flags.DEFINE_boolean(
     "strict", False, "Stop at the first bad sample instead of skipping it with a warning."

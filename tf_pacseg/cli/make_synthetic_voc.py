@@ -16,8 +16,8 @@ from tf_pacseg.data import synthetic
 flags.DEFINE_string(
     "output_dir", None, "Folder to write JPEGImages/, SegmentationClass(Aug)/ and ImageSets/ to."
 )
-flags.DEFINE_integer("num_train", 32, "Training images.", lower_bound=0)
-flags.DEFINE_integer("num_val", 8, "Validation images.", lower_bound=0)
+flags.DEFINE_integer("num_train", synthetic.NUM_TRAIN, "Training images.", lower_bound=0)
+flags.DEFINE_integer("num_val", synthetic.NUM_VAL, "Validation images.", lower_bound=0)
 flags.DEFINE_integer("seed", 0, "Random seed: the same seed writes the same files.")
 flags.DEFINE_integer(
     "num_classes",

@@ -40,6 +40,9 @@ from tf_pacseg.data import class_names as class_names_lib
 from tf_pacseg.data import label_png, voc
 from tf_pacseg.data.samples import REASONS, InvalidSampleError
 
+# TFRecord shards per split, convert_voc.py's default.
+NUM_SHARDS = 4
+
 
 @dataclasses.dataclass(frozen=True)
 class SkippedSample:
@@ -142,7 +145,7 @@ def convert_split(
     image_dir,
     label_dir,
     output_path,
-    num_shards=4,
+    num_shards=NUM_SHARDS,
     num_classes=constants.NUM_CLASSES,
     ignore_label=constants.IGNORE_LABEL,
     strict=False,
@@ -275,7 +278,7 @@ def convert_voc(
     valid_data_list,
     image_data_dir="JPEGImages",
     label_data_dir="SegmentationClassAug",
-    num_shards=4,
+    num_shards=NUM_SHARDS,
     num_classes=constants.NUM_CLASSES,
     ignore_label=constants.IGNORE_LABEL,
     strict=False,

@@ -24,6 +24,9 @@ from PIL import Image
 from tf_pacseg import checks, constants
 
 # Strong, far-apart colours for the first foreground classes (RGB).
+# Images per split by default: enough for the test suite's short runs.
+NUM_TRAIN, NUM_VAL = 32, 8
+
 _BASE_COLOURS = ((220, 30, 30), (30, 180, 40), (40, 70, 230), (240, 210, 20))
 # Background: a dull grey-brown, far from every class colour.
 _BACKGROUND_COLOUR = (120, 110, 100)
@@ -120,8 +123,8 @@ def _palette_png(label):
 
 def make_synthetic_voc(
     output_dir,
-    num_train=32,
-    num_val=8,
+    num_train=NUM_TRAIN,
+    num_val=NUM_VAL,
     seed=0,
     num_classes=constants.NUM_CLASSES,
     num_foreground_classes=4,
