@@ -4,7 +4,9 @@ After each training-time evaluation that beats the best mIoU so far, the
 chief writes `best/model.weights.h5` + `model.json` (with the class names)
 and `best/evaluation.json` (the evaluation, as evaluate.py's --output_json
 writes it). They are written into `.best.partial` first and swapped in by
-renames, so that `best/` is always one complete model with its evaluation.
+renames, so that `best/` is always one complete model with its evaluation;
+a full or unwritable disk stops the write with a `files.SaveError` and leaves
+the previous `best/` as it was.
 
 The best value lives in `best/evaluation.json`, not in the training
 checkpoint: the loop saves each checkpoint before the evaluation that
@@ -29,8 +31,9 @@ import shutil
 
 from absl import logging
 
+from tf_pacseg import files
 from tf_pacseg.inference import report
-from tf_pacseg.training import components
+from tf_pacseg.training import checkpoints, components
 from tf_pacseg.weights import saving, sources
 
 BEST_DIR = "best"
@@ -84,8 +87,13 @@ class BestModel:
         shutil.rmtree(self._partial, ignore_errors=True)
         weights_path = os.path.join(self._partial, sources.MODEL_STEM + sources.WEIGHTS_SUFFIX)
         metadata = components.model_metadata(self.config, step)
-        saving.save_model_weights(model, weights_path, **metadata)
-        report.write_json(result, os.path.join(self._partial, EVALUATION_FILE))
+        what = f"the best model (step {step})"
+        with (
+            checkpoints.reporting_save_errors(what, self.config.model_dir, model),
+            files.removed_on_failure(self._partial),
+        ):
+            saving.save_model_weights(model, weights_path, **metadata)
+            report.write_json(result, os.path.join(self._partial, EVALUATION_FILE))
         self._swap()
         previous, self.miou = self.miou, miou
         logging.info(

@@ -93,21 +93,21 @@ def remove_unfinished_saves(model_dir, export_name="export"):
 
 
 @contextlib.contextmanager
-def reporting_export_errors(model, export_dir):
-    """Around writing `export_dir`: a full or unwritable disk raises `files.SaveError`.
+def reporting_save_errors(what, path, model):
+    """Around writing `model`'s weights to `path`: a full or unwritable disk raises `SaveError`.
 
-    Checks first for room for the weights, and deletes the partial folder of a
-    failed write (`saved_model.write_saved_model` writes beside, then renames).
+    Checks first for room for the weights. The writers inside leave no
+    partial files (`saved_model.write_saved_model`, `BestModel.update`).
+
+    Args:
+        what: str. What is saved, for the message.
+        path: str. Where.
+        model: the Keras model whose weights are written.
     """
-    what = "the inference SavedModel"
     needed = _size_of(model.weights)
-    files.check_free_space(what, export_dir, needed, _ADVICE)
-    try:
-        with files.reporting_disk_errors(what, export_dir, needed, _ADVICE):
-            yield
-    except BaseException:
-        shutil.rmtree(files.temporary_path(export_dir), ignore_errors=True)
-        raise
+    files.check_free_space(what, path, needed, _ADVICE)
+    with files.reporting_disk_errors(what, path, needed, _ADVICE):
+        yield
 
 
 def _all_finite(variables):

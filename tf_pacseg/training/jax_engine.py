@@ -196,7 +196,7 @@ class JaxEngine(Engine):
         if not self.chief:
             return None
         try:
-            with checkpoints.reporting_export_errors(model, export_dir):
+            with checkpoints.reporting_save_errors("the inference SavedModel", export_dir, model):
                 saved_model.write_saved_model(model, export_dir)
         except files.SaveError:
             raise  # A full or unwritable disk stops the run, as on TensorFlow.

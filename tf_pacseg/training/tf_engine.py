@@ -150,6 +150,6 @@ class TFEngine(Engine):
     def export(self, export_dir, model=None):
         """Every worker writes; only the chief's lands in model_dir."""
         model = self.model if model is None else model
-        with checkpoints.reporting_export_errors(model, export_dir):
+        with checkpoints.reporting_save_errors("the inference SavedModel", export_dir, model):
             saved_model.write_saved_model(model, export_dir)
         return "the inference SavedModel"
