@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from helpers import make_records, randomize_weights
-from training_runs import tiny_config
+from training_runs import Recorder, tiny_config, train_watched
 
 from tf_pacseg import training
 from tf_pacseg.model.backbones import UNITS_PER_BLOCK
@@ -158,7 +158,7 @@ def test_a_missing_init_checkpoint_is_an_error_naming_it(tmp_path):
 
 @pytest.mark.slow
 def test_training_starts_from_the_init_checkpoint_and_a_resume_ignores_it(
-    tmp_path, released_layout, caplog
+    tmp_path, released_layout, caplog, monkeypatch
 ):
     caplog.set_level("INFO", logger="absl")
     config = tiny_config(
@@ -167,12 +167,13 @@ def test_training_starts_from_the_init_checkpoint_and_a_resume_ignores_it(
         init_checkpoint=released_layout,
         max_iter=1,
     )
-    assert training.train(config).step == 1
+    # Watched runs: the same training, without the export that nothing here reads.
+    assert train_watched(monkeypatch, Recorder(), config).step == 1
     assert "Initialised the whole network from" in caplog.text
     assert "skipped network/conv2d/weights" in caplog.text
     caplog.clear()
     caplog.set_level("INFO", logger="absl")  # Again: the first run leaves it above INFO.
     config = dataclasses.replace(config, max_iter=2)
-    assert training.train(config).step == 2
+    assert train_watched(monkeypatch, Recorder(), config).step == 2
     assert "Ignoring --init_checkpoint: model_dir holds a checkpoint." in caplog.text
     assert "Initialised" not in caplog.text
