@@ -10,8 +10,15 @@ import tensorflow as tf
 from harness import assert_config_round_trip
 from helpers import run_python
 
+from tf_pacseg.model import dilated_conv
 from tf_pacseg.model.blocks import ConvBlocks
-from tf_pacseg.model.layers import BATCH_NORM_EPSILON, AtrousConv2D, BatchNorm, PyramidAtrousConv
+from tf_pacseg.model.layers import (
+    BATCH_NORM_EPSILON,
+    AtrousConv2D,
+    BatchNorm,
+    PyramidAtrousConv,
+    atrous_conv2d,
+)
 
 
 def _conv_block_model(in_channels, filters, kernel_size, stride=1, rate=1, **kwargs):
@@ -614,7 +621,8 @@ def test_atrous_conv2d_equals_dilated_conv_and_its_gradients(kernel_size, rate):
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
         ours = layer(x)
-        # The space-to-batch formulation: TF's CPU conv kernels have no dilated gradient.
+        # The space-to-batch formulation: TensorFlow's own CPU kernels have no
+        # dilated gradient (oneDNN's do).
         theirs = tf.nn.atrous_conv2d(x, kernel, rate, padding="SAME")
         ours_sum, theirs_sum = tf.reduce_sum(ours**2), tf.reduce_sum(theirs**2)
     np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-5)
@@ -622,6 +630,60 @@ def test_atrous_conv2d_equals_dilated_conv_and_its_gradients(kernel_size, rate):
         tape.gradient(ours_sum, [x, kernel]), tape.gradient(theirs_sum, [x, kernel]), strict=True
     ):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("rate", [2, 9])
+def test_atrous_conv2d_runs_tensorflows_kernel_and_equals_the_tap_products(rate):
+    """A single rate on TensorFlow: the dilated Conv2D kernel (rate 9 > the map)."""
+    rng = np.random.default_rng(rate)
+    x = tf.constant(rng.normal(size=(2, 7, 8, 5)).astype("float32"))
+    layer = AtrousConv2D(6, 3, dilation_rate=rate)
+    layer.build(x.shape)
+    dilated_conv.supported.cache_clear()  # Probed afresh, from inside a tf.function.
+    convolutions = [
+        op
+        for op in tf.function(layer).get_concrete_function(x).graph.get_operations()
+        if op.type == "Conv2D"
+    ]
+    assert [op.get_attr("dilations") for op in convolutions] == [[1, rate, rate, 1]]
+    kernel = layer.kernel.value
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours = layer(x)
+        taps = atrous_conv2d(x, kernel, {rate: 1})
+        ours_sum, taps_sum = tf.reduce_sum(ours**2), tf.reduce_sum(taps**2)
+    np.testing.assert_allclose(ours.numpy(), taps.numpy(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(
+        tape.gradient(ours_sum, [x, kernel]), tape.gradient(taps_sum, [x, kernel]), strict=True
+    ):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+    with dilated_conv.padding_first():  # The form the ONNX export traces.
+        np.testing.assert_allclose(layer(x).numpy(), ours.numpy(), rtol=1e-5, atol=1e-5)
+
+
+_WITHOUT_ONEDNN = textwrap.dedent(
+    """
+    import numpy as np, tensorflow as tf
+    from tf_pacseg.model import dilated_conv
+    from tf_pacseg.model.layers import AtrousConv2D, atrous_conv2d
+
+    layer = AtrousConv2D(3, 3, dilation_rate=2)
+    x = tf.constant(np.random.default_rng(0).normal(size=(1, 6, 6, 2)).astype("float32"))
+    with tf.GradientTape() as tape:
+        outputs = layer(x)
+        total = tf.reduce_sum(outputs)
+    gradient = tape.gradient(total, layer.kernel)
+    np.testing.assert_allclose(outputs, atrous_conv2d(x, layer.kernel.value, {2: 1}), atol=1e-5)
+    print(dilated_conv.supported(), float(tf.reduce_sum(tf.abs(gradient))) > 0)
+    """
+)
+
+
+def test_atrous_conv2d_keeps_the_tap_products_without_onednn(monkeypatch):
+    """TensorFlow's own CPU kernels refuse dilated gradients: the layer still trains."""
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    result = run_python(_WITHOUT_ONEDNN, [], "tensorflow")
+    assert result.stdout.split() == ["False", "True"]
 
 
 @pytest.mark.parametrize(

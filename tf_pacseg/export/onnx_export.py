@@ -30,10 +30,13 @@ def write_onnx(model, path, input_size=None):
             takes any. Defaults to `None`.
     """
     require_format("onnx")  # Before the slow conversion.
+    from tf_pacseg.model import dilated_conv  # TensorFlow's, as the conversion is.
+
     partial = temporary_path(path)
     with removed_on_failure(partial):
         spec = images_spec(input_size)
-        model.export(partial, format="onnx", input_signature=[spec], verbose=False)
+        with dilated_conv.padding_first():  # What ONNX Runtime runs at any size.
+            model.export(partial, format="onnx", input_signature=[spec], verbose=False)
         _name_output_and_dimensions(partial)
     os.replace(partial, path)
 

@@ -217,11 +217,14 @@ def atrous_conv2d(inputs, kernel, rate_counts):
 
 @keras.saving.register_keras_serializable(package="tf_pacseg")
 class AtrousConv2D(keras.layers.Layer):
-    """Dilated 'SAME' convolution, computed by `atrous_conv2d`.
+    """Dilated 'SAME' convolution: TensorFlow's kernel, or `atrous_conv2d`.
 
     Equal to `keras.layers.Conv2D(filters, kernel_size, padding="same",
     dilation_rate=dilation_rate, use_bias=use_bias)`, with the same `kernel`
-    and `bias` weights, but fast for large rates on small maps.
+    and `bias` weights, but fast for large rates on small maps. On the
+    TensorFlow backend a single rate runs TensorFlow's dilated kernel where
+    it has gradients (`tf_pacseg.model.dilated_conv`, faster there); several
+    rates (`PyramidAtrousConv`), and the rest, run `atrous_conv2d`.
 
     Args:
         filters: int. Output channels.
@@ -276,7 +279,14 @@ class AtrousConv2D(keras.layers.Layer):
 
     def convolve(self, inputs):
         """The convolution, without the bias."""
-        return atrous_conv2d(inputs, ops.cast(self.kernel, inputs.dtype), self.rate_counts())
+        kernel = ops.cast(self.kernel, inputs.dtype)
+        rate_counts = self.rate_counts()
+        if keras.backend.backend() == "tensorflow" and list(rate_counts.values()) == [1]:
+            from tf_pacseg.model import dilated_conv
+
+            if dilated_conv.supported():
+                return dilated_conv.conv2d(inputs, kernel, *rate_counts)
+        return atrous_conv2d(inputs, kernel, rate_counts)
 
     def call(self, inputs):
         outputs = self.convolve(inputs)
