@@ -661,6 +661,22 @@ def test_atrous_conv2d_runs_tensorflows_kernel_and_equals_the_tap_products(rate)
         np.testing.assert_allclose(layer(x).numpy(), ours.numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_atrous_conv2d_has_gradients_in_half_precision(dtype):
+    """oneDNN's kernel in bfloat16; float16 on the CPU has none: the tap products."""
+    x = np.random.default_rng(3).normal(size=(1, 6, 7, 4)).astype("float32")
+    layer = AtrousConv2D(3, 3, dilation_rate=2, dtype=f"mixed_{dtype}")
+    layer.build(x.shape)
+    with tf.GradientTape() as tape:
+        outputs = layer(tf.constant(x, dtype))
+        total = tf.reduce_sum(tf.cast(outputs, "float32") ** 2)
+    gradient = tape.gradient(total, layer.kernel)
+    expected = atrous_conv2d(x, layer.kernel.value, {2: 1})
+    assert outputs.dtype == dtype
+    np.testing.assert_allclose(np.asarray(outputs, "float32"), expected, rtol=0.05, atol=0.05)
+    assert np.isfinite(gradient.numpy()).all() and np.abs(gradient.numpy()).sum() > 0
+
+
 _WITHOUT_ONEDNN = textwrap.dedent(
     """
     import numpy as np, tensorflow as tf
@@ -674,7 +690,7 @@ _WITHOUT_ONEDNN = textwrap.dedent(
         total = tf.reduce_sum(outputs)
     gradient = tape.gradient(total, layer.kernel)
     np.testing.assert_allclose(outputs, atrous_conv2d(x, layer.kernel.value, {2: 1}), atol=1e-5)
-    print(dilated_conv.supported(), float(tf.reduce_sum(tf.abs(gradient))) > 0)
+    print(dilated_conv.supported("float32"), float(tf.reduce_sum(tf.abs(gradient))) > 0)
     """
 )
 

@@ -19,16 +19,17 @@ import tensorflow as tf
 
 
 @functools.cache
-def supported():
-    """Whether the default device has gradients for dilated convolutions.
+def supported(dtype):
+    """Whether the default device has gradients for dilated convolutions in `dtype`.
 
-    oneDNN's CPU kernels (TensorFlow's default on x86) and cuDNN's do;
-    TensorFlow's own CPU kernels (`TF_ENABLE_ONEDNN_OPTS=0`) refuse rates
-    above 1 in the backward pass, so the layer keeps the tap products there.
+    oneDNN's CPU kernels (TensorFlow's default on x86; float32 and bfloat16)
+    and cuDNN's do; TensorFlow's own CPU kernels (float16 on the CPU, and
+    everything with `TF_ENABLE_ONEDNN_OPTS=0`) refuse rates above 1 in the
+    backward pass, so the layer keeps the tap products there.
     """
     arguments = dict(strides=[1, 1, 1, 1], padding="SAME", dilations=[1, 2, 2, 1])
     with tf.init_scope():  # Eagerly, also when first called inside a tf.function.
-        inputs, kernel = tf.ones((1, 5, 5, 1)), tf.ones((3, 3, 1, 1))
+        inputs, kernel = tf.ones((1, 5, 5, 1), dtype), tf.ones((3, 3, 1, 1), dtype)
         try:
             tf.raw_ops.Conv2DBackpropInput(
                 input_sizes=[1, 5, 5, 1], filter=kernel, out_backprop=inputs, **arguments
@@ -36,7 +37,11 @@ def supported():
             tf.raw_ops.Conv2DBackpropFilter(
                 input=inputs, filter_sizes=[3, 3, 1, 1], out_backprop=inputs, **arguments
             )
-        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+        except (
+            tf.errors.InvalidArgumentError,
+            tf.errors.UnimplementedError,
+            tf.errors.NotFoundError,
+        ):
             return False
     return True
 

@@ -284,7 +284,7 @@ class AtrousConv2D(keras.layers.Layer):
         if keras.backend.backend() == "tensorflow" and list(rate_counts.values()) == [1]:
             from tf_pacseg.model import dilated_conv
 
-            if dilated_conv.supported():
+            if dilated_conv.supported(keras.backend.standardize_dtype(inputs.dtype)):
                 return dilated_conv.conv2d(inputs, kernel, *rate_counts)
         return atrous_conv2d(inputs, kernel, rate_counts)
 
