@@ -23,6 +23,9 @@ from training_runs import TINY_TRAIN_FLAGS
 from tf_pacseg.data import class_names
 from tf_pacseg.inference import legend
 
+# One worker: the tests share the converted dataset and each engine's training run.
+pytestmark = pytest.mark.xdist_group("own_dataset_end_to_end")
+
 _COLOURS = ((0, 0, 0), (200, 0, 0), (0, 200, 0), (0, 0, 200), (200, 200, 0))
 _NAMES = ("background", "road", "grass", "water", "sand")
 _SPLITS = {"train": [f"t_{i}" for i in range(4)], "val": ["v_0", "v_1"]}

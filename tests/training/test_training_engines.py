@@ -29,6 +29,9 @@ from tf_pacseg.training import TrainConfig, TrainStep, build_optimizer, build_tr
 from tf_pacseg.training.components import objective_arguments
 from tf_pacseg.weights.saving import save_model_weights
 
+# One worker: each loss setting's `runs` (a JAX process and two TF steps) serves two tests.
+pytestmark = pytest.mark.xdist_group("training_engines")
+
 CONFIG = dict(
     base_architecture="resnet_v1_50",
     units_per_block=(1, 1, 1, 1),
