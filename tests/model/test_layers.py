@@ -16,6 +16,7 @@ from tf_pacseg.model.layers import (
     BATCH_NORM_EPSILON,
     AtrousConv2D,
     BatchNorm,
+    Conv2D,
     PyramidAtrousConv,
     atrous_conv2d,
 )
@@ -99,8 +100,8 @@ def test_conv_block_is_conv_batch_norm_relu_in_inference():
 @pytest.mark.parametrize(
     "kwargs,layer_class",
     [
-        ({}, keras.layers.Conv2D),
-        ({"stride": 2}, keras.layers.Conv2D),
+        ({}, Conv2D),
+        ({"stride": 2}, Conv2D),
         ({"rate": 2}, AtrousConv2D),
         ({"pyramid_rates": (1, 3)}, PyramidAtrousConv),
     ],
@@ -608,6 +609,50 @@ def test_batch_norm_fused_true_rejects_what_the_kernel_cannot_run(monkeypatch):
     with pytest.raises(ValueError, match=r"on the jax backend.*Received: fused=True"):
         BatchNorm(fused=True)
     assert BatchNorm().fused is None  # Auto: keras.ops on JAX, no error.
+
+
+# Writes Conv2D's outputs of 1x1 kernels, strides 1 and 2, and on JAX whether
+# the traced call holds a convolution.
+_POINTWISE = textwrap.dedent(
+    """
+    import sys
+    import keras
+    import numpy as np
+    from tf_pacseg.model.layers import Conv2D
+
+    x = np.random.default_rng(0).normal(size=(2, 7, 8, 5)).astype("float32")
+    results = {}
+    for stride in (1, 2):
+        layer = Conv2D(3, 1, strides=stride, use_bias=True)
+        layer.build(x.shape)
+        rng = np.random.default_rng(stride)
+        shapes = ((1, 1, 5, 3), (3,))
+        layer.set_weights([rng.normal(size=shape).astype("float32") for shape in shapes])
+        results[f"stride{stride}"] = np.asarray(layer(x))
+        if keras.backend.backend() == "jax":
+            import jax
+
+            jaxpr = str(jax.make_jaxpr(lambda v: layer(v))(x))
+            results[f"convolution{stride}"] = np.array("conv_general_dilated" in jaxpr)
+    np.savez(sys.argv[1], **results)
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_pointwise_conv2d_is_the_product_of_every_strided_pixel(backend, tmp_path):
+    """1x1 kernels: a matrix product on JAX, Keras' convolution on TensorFlow; equal results."""
+    path = tmp_path / "outputs.npz"
+    run_python(_POINTWISE, [path], backend)
+    results = np.load(path)
+    x = np.random.default_rng(0).normal(size=(2, 7, 8, 5)).astype("float32")
+    for stride in (1, 2):
+        rng = np.random.default_rng(stride)
+        kernel, bias = (rng.normal(size=shape).astype("float32") for shape in ((1, 1, 5, 3), (3,)))
+        expected = x[:, ::stride, ::stride] @ kernel[0, 0] + bias
+        np.testing.assert_allclose(results[f"stride{stride}"], expected, rtol=1e-5, atol=1e-5)
+        if backend == "jax":
+            assert not results[f"convolution{stride}"]
 
 
 @pytest.mark.parametrize("kernel_size", [1, 3, 5])

@@ -2,7 +2,7 @@
 
 import keras
 
-from tf_pacseg.model.layers import AtrousConv2D, BatchNorm, PyramidAtrousConv
+from tf_pacseg.model.layers import AtrousConv2D, BatchNorm, Conv2D, PyramidAtrousConv
 
 
 class ConvBlocks:
@@ -90,6 +90,6 @@ class ConvBlocks:
             pad = (pad_total // 2, pad_total - pad_total // 2)
             x = keras.layers.ZeroPadding2D((pad, pad), name=f"{name}.pad")(x)
             padding = "valid"
-        return keras.layers.Conv2D(
+        return Conv2D(
             filters, kernel_size, strides=stride, padding=padding, dilation_rate=rate, **settings
         )(x)

@@ -6,7 +6,7 @@ from tf_pacseg import checks, constants
 from tf_pacseg.model.backbones import BACKBONE_BATCH_NORM_DECAY, ResNetBackbone
 from tf_pacseg.model.blocks import ConvBlocks
 from tf_pacseg.model.heads import atrous_spatial_pyramid_pooling, pyramid_atrous_convolution
-from tf_pacseg.model.layers import ResizeLike
+from tf_pacseg.model.layers import Conv2D, ResizeLike
 
 DROPOUT_RATE = 0.1  # the original's keep probability of 0.9
 
@@ -95,7 +95,7 @@ class PACSegmenter(keras.Model):
         else:
             x = atrous_spatial_pyramid_pooling(features, conv, output_stride)
         x = keras.layers.Dropout(DROPOUT_RATE, name="network.dropout")(x)
-        x = keras.layers.Conv2D(
+        x = Conv2D(
             num_classes,
             1,
             use_bias=False,
