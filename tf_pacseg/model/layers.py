@@ -171,28 +171,29 @@ def _sum_over_replicas(value):
 
 @keras.saving.register_keras_serializable(package="tf_pacseg")
 class Conv2D(keras.layers.Conv2D):
-    """`keras.layers.Conv2D` whose 1x1 convolutions are matrix products on JAX.
+    """`keras.layers.Conv2D` whose 1x1 stride-1 convolutions are matrix products on JAX.
 
-    A 1x1 convolution of stride s is the product of every s-th pixel with
-    the kernel. XLA's CPU convolution runs it 3x slower than that product
-    (forward and backward, 81x81, 256 -> 1024: 464 against 148 ms on a 2-core
-    AMD EPYC); TensorFlow's oneDNN convolution runs it faster (118 against
-    132 ms), so the TensorFlow backend keeps the convolution. Weights and
-    results are Keras' layer's (`tests/model/test_layers.py`).
+    XLA's CPU convolution runs a 1x1 convolution 3x slower than the same
+    product (forward and backward, 81x81, 256 -> 1024: 464 against 148 ms on
+    a 2-core AMD EPYC); TensorFlow's oneDNN convolution runs it faster (118
+    against 132 ms), so the TensorFlow backend keeps the convolution. Strided
+    ones stay convolutions: a strided slice's size is a different expression
+    of the input size than the convolution's, which the SavedModel export's
+    free-size shapes (jax2tf) cannot prove equal where the shortcut meets the
+    residual branch. Weights and results are Keras' layer's
+    (`tests/model/test_layers.py`).
     """
 
     def convolution_op(self, inputs, kernel):
         pointwise = (
             self.kernel_size == (1, 1)
+            and self.strides == (1, 1)
             and self.dilation_rate == (1, 1)
             and self.groups == 1
             and self.data_format == "channels_last"
         )
         if keras.backend.backend() != "jax" or not pointwise:
             return super().convolution_op(inputs, kernel)
-        stride_y, stride_x = self.strides
-        if (stride_y, stride_x) != (1, 1):
-            inputs = inputs[:, ::stride_y, ::stride_x, :]
         return ops.matmul(inputs, kernel[0, 0])
 
 
