@@ -12,14 +12,8 @@ from helpers import run_python
 
 from tf_pacseg.model import dilated_conv
 from tf_pacseg.model.blocks import ConvBlocks
-from tf_pacseg.model.layers import (
-    BATCH_NORM_EPSILON,
-    AtrousConv2D,
-    BatchNorm,
-    Conv2D,
-    PyramidAtrousConv,
-    atrous_conv2d,
-)
+from tf_pacseg.model.convolutions import AtrousConv2D, Conv2D, PyramidAtrousConv, atrous_conv2d
+from tf_pacseg.model.layers import BATCH_NORM_EPSILON, BatchNorm
 
 
 def _conv_block_model(in_channels, filters, kernel_size, stride=1, rate=1, **kwargs):
@@ -618,7 +612,7 @@ _POINTWISE = textwrap.dedent(
     import sys
     import keras
     import numpy as np
-    from tf_pacseg.model.layers import Conv2D
+    from tf_pacseg.model.convolutions import Conv2D
 
     x = np.random.default_rng(0).normal(size=(2, 7, 8, 5)).astype("float32")
     results = {}
@@ -726,7 +720,7 @@ _WITHOUT_ONEDNN = textwrap.dedent(
     """
     import numpy as np, tensorflow as tf
     from tf_pacseg.model import dilated_conv
-    from tf_pacseg.model.layers import AtrousConv2D, atrous_conv2d
+    from tf_pacseg.model.convolutions import AtrousConv2D, atrous_conv2d
 
     layer = AtrousConv2D(3, 3, dilation_rate=2)
     x = tf.constant(np.random.default_rng(0).normal(size=(1, 6, 6, 2)).astype("float32"))

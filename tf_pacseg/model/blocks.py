@@ -2,7 +2,8 @@
 
 import keras
 
-from tf_pacseg.model.layers import AtrousConv2D, BatchNorm, Conv2D, PyramidAtrousConv
+from tf_pacseg.model.convolutions import AtrousConv2D, Conv2D, PyramidAtrousConv
+from tf_pacseg.model.layers import BatchNorm
 
 
 class ConvBlocks:

@@ -1,9 +1,9 @@
 """TensorFlow's dilated convolution kernel: oneDNN's on the CPU, cuDNN's on a GPU.
 
-`layers.AtrousConv2D` imports this module only on the TensorFlow backend, and
+`convolutions.AtrousConv2D` imports this module only on the TensorFlow backend, and
 runs its single-rate convolutions (the atrous blocks, ASPP) here where the
 kernel has gradients (`supported`); PAC's several rates, and every call on
-JAX, run `layers.atrous_conv2d`'s tap products. Both compute the same thing
+JAX, run `convolutions.atrous_conv2d`'s tap products. Both compute the same thing
 (`tests/model/test_layers.py`). `tf.nn.conv2d` hands the rate to the kernel
 itself, where Keras' dilated convolutions go through `tf.nn.convolution`'s
 space-to-batch rearrangement. Forward and backward at the sizes of

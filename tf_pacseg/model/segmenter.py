@@ -5,8 +5,9 @@ import keras
 from tf_pacseg import checks, constants
 from tf_pacseg.model.backbones import BACKBONE_BATCH_NORM_DECAY, ResNetBackbone
 from tf_pacseg.model.blocks import ConvBlocks
+from tf_pacseg.model.convolutions import Conv2D
 from tf_pacseg.model.heads import atrous_spatial_pyramid_pooling, pyramid_atrous_convolution
-from tf_pacseg.model.layers import Conv2D, ResizeLike
+from tf_pacseg.model.layers import ResizeLike
 
 DROPOUT_RATE = 0.1  # the original's keep probability of 0.9
 
