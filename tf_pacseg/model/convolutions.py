@@ -1,4 +1,4 @@
-"""The network's convolutions that Keras does not provide as they run here, in `keras.ops`.
+"""The network's convolution layers, in `keras.ops`, each run the faster way per backend.
 
 `Conv2D` (1x1 convolutions as matrix products on JAX), `AtrousConv2D` and
 `PyramidAtrousConv` (dilated convolutions: TensorFlow's dilated kernel, or
@@ -46,9 +46,9 @@ def atrous_conv2d(inputs, kernel, rate_counts):
     Computed as one matrix product for every kernel tap (inputs @ kernel[i, j],
     all taps at once), then each tap's map is shifted by its offset times the
     rate and summed. The products do not depend on the rate, so PAC's five
-    rates cost one convolution; and unlike TensorFlow's dilated convolutions
-    on the CPU, neither the forward nor the backward pass slows down when the
-    rate approaches the feature map's size (tens of times faster there).
+    rates cost one convolution; and unlike the space-to-batch path of Keras'
+    dilated convolutions on TensorFlow, neither the forward nor the backward
+    pass slows down when the rate approaches the feature map's size.
 
     Args:
         inputs: (batch, height, width, in_channels).
