@@ -4,6 +4,7 @@ import keras
 
 from tf_pacseg.model.convolutions import AtrousConv2D, Conv2D, PyramidAtrousConv
 from tf_pacseg.model.layers import BatchNorm
+from tf_pacseg.model.regularizers import WeightDecay
 
 
 class ConvBlocks:
@@ -31,7 +32,7 @@ class ConvBlocks:
         kernel_initializer,
         fold_batch_norm=False,
     ):
-        self.regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+        self.regularizer = WeightDecay(weight_decay) if weight_decay else None
         self.batch_norm_decay = batch_norm_decay
         self.fine_tune_batch_norm = fine_tune_batch_norm
         self.sync_batch_norm = sync_batch_norm
