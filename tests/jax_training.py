@@ -20,6 +20,8 @@ SCRIPT = textwrap.dedent(
     import json, os, sys
 
     weights, config, batch, output, devices = sys.argv[1:]
+    # XLA's default optimisations, as users run the step (not the session's
+    # unoptimised compilation, conftest.py): what is compared is its rounding.
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
 
     class NoTensorFlow:

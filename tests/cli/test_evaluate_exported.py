@@ -31,6 +31,8 @@ MAX_FLIPPED = 1e-3
 # bfloat16 is about 1e-2 of the logits' range off: it flips more pixels (0.17% of these on
 # an AVX512-BF16 CPU; none where OpenVINO falls back to float32).
 MAX_FLIPPED_BF16 = 0.02
+# One worker: the tests share the exports, which take half a minute to write.
+pytestmark = pytest.mark.xdist_group("evaluate_exported")
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ from tf_pacseg.model.segmenter import build_model
 INPUTS = (("first.png", 45, 61), ("second.png", 52, 40))
 SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
 SLIDE = Tiling(mode="slide", tile_size=33, tile_stride=22, tile_batch_size=3)
+# One worker: the tests share the exports.
+pytestmark = pytest.mark.xdist_group("runtimes")
 
 
 @pytest.fixture(scope="module")

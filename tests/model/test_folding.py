@@ -157,7 +157,7 @@ _JAX_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_folding_on_jax_gives_the_tensorflow_logits(tmp_path, monkeypatch):
+def test_folding_on_jax_gives_the_tensorflow_logits(tmp_path):
     images = IMAGES[1]
     np.save(tmp_path / "images.npy", images)
     expected = []
@@ -165,8 +165,6 @@ def test_folding_on_jax_gives_the_tensorflow_logits(tmp_path, monkeypatch):
         model = _random_model(base_architecture, head, seed=10 + index)
         model.save_weights(tmp_path / f"{index}.weights.h5")
         expected.append(np.asarray(model(images, training=False)))
-    # Skips LLVM's optimisation passes (as tests/test_jax_backend.py): op semantics as is.
-    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
     result = run_python(_JAX_SCRIPT, [json.dumps(NETWORKS), tmp_path], "jax", timeout=600)
     # Folding is keras.ops and NumPy: TensorFlow stays out of the JAX process.
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"tensorflow_imported": False}

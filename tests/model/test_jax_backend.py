@@ -53,9 +53,6 @@ def test_jax_backend_reproduces_tensorflow_logits_from_saved_weights(tmp_path):
         **os.environ,
         "KERAS_BACKEND": "jax",
         "JAX_PLATFORMS": "cpu",
-        # Skips LLVM's optimisation passes: every weight shape's initializer and
-        # conv is compiled once; this halves the run and leaves op semantics as is.
-        "XLA_FLAGS": "--xla_backend_optimization_level=0",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     output = tmp_path / "jax_logits.npy"

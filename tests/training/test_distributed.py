@@ -1,34 +1,22 @@
-"""Data parallelism: two replicas make one replica's update; two workers train together.
+"""Data parallelism: two replicas make one replica's update (test_multi_process.py: two
+processes train as one).
 
 Logical CPU devices must be configured before TensorFlow starts, so the
 replica comparison runs this file as a script in a fresh process.
 """
 
-import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
-from helpers import REPO, TESTS, make_records
+from helpers import REPO, TESTS
 
-_TRAIN = os.path.join(REPO, "train.py")
 # Run as a script, this file imports the helpers beside conftest.py.
 _SELF_RUN_ENV = dict(
     os.environ, PYTHONPATH=os.pathsep.join([os.fspath(TESTS), os.environ.get("PYTHONPATH", "")])
 )
-_TINY_FLAGS = [
-    "--num_gpu=0",
-    "--base_architecture=resnet_v1_50",
-    "--units_per_block=1,1,1,1",
-    "--num_classes=5",
-    "--input_height=33",
-    "--input_width=33",
-    "--pre_trained_model=",
-    "--seed=1",
-]
 
 
 def _sync_batch_norm_model(num_classes):
@@ -172,63 +160,6 @@ def test_two_replicas_make_the_update_of_one_replica(case):
     assert result["weights"] < 1e-5
     # The updates themselves (not just weights dominated by their start values).
     assert result["updates"] < 1e-3
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_two_workers_train_together_and_only_the_chief_writes(tmp_path):
-    import tensorflow as tf
-
-    records = make_records(str(tmp_path))
-    model_dir = str(tmp_path / "model")
-    cluster = {"worker": [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]}
-    flags = [
-        *_TINY_FLAGS,
-        f"--data_dir={records}",
-        f"--model_dir={model_dir}",
-        "--batch_size=2",
-        "--max_iter=3",
-        "--epochs_per_eval=0",
-        "--log_every_n_steps=1",
-        "--save_checkpoints_steps=100",
-    ]
-    workers = []
-    for index in range(2):
-        task = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        env = dict(os.environ, TF_CONFIG=json.dumps(task))
-        workers.append(
-            subprocess.Popen(
-                [sys.executable, _TRAIN, *flags],
-                env=env,
-                cwd=REPO,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    try:
-        logs = [worker.communicate(timeout=600)[0] for worker in workers]
-    finally:
-        for worker in workers:
-            worker.kill()
-    for worker, log in zip(workers, logs, strict=True):
-        assert worker.returncode == 0, log[-5000:]
-    assert "with MultiWorkerMirroredStrategy (worker 0 of 2 tasks) on 2 replica(s)" in logs[0]
-    assert "(worker 1 of 2 tasks)" in logs[1]
-    assert "batch 2 (1 per replica)" in logs[0]
-    # One checkpoint, the chief's; the other worker's scratch copy is gone.
-    assert [os.path.basename(p) for p in glob.glob(os.path.join(model_dir, "*.index"))] == [
-        "ckpt-3.index"
-    ]
-    assert not glob.glob(os.path.join(model_dir, ".worker*"))
-    reader = tf.train.load_checkpoint(os.path.join(model_dir, "ckpt-3"))
-    assert reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 3
-    assert os.path.isfile(os.path.join(model_dir, "model.weights.h5"))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ and turns dropout off: its draws are not what is compared). Checked:
   frozen) equal the one process's, within float32 noise.
 - The second process writes nothing in model_dir: one set of checkpoints,
   and each step's summaries once.
-- Only process 0 prints the progress lines.
+- Only process 0 prints the progress lines; each names its place among the
+  processes.
 - Killing one process (then the other, which waits for it forever) after the
   save of step 2, and restarting both, resumes at step 2.
 """
@@ -56,9 +57,10 @@ _STALLED = "stalled after the save of step"
 # value: test_distributed.py's bounds for the weights and for the updates, which
 # momentum accumulates (two TensorFlow workers measured 2e-5 for momentum).
 _WEIGHTS_TOLERANCE, _MOMENTUM_TOLERANCE = 1e-5, 1e-3
-# The JAX processes compile without LLVM's optimisation passes, twice as fast: process 1
-# writes nothing to the JAX compilation cache, so it compiles every program itself.
-_JAX_FLAGS = "--xla_backend_optimization_level=0 --xla_force_host_platform_device_count="
+# The session's XLA flags (conftest.py: no LLVM optimisation passes, twice as fast to
+# compile; process 1 writes nothing to the JAX compilation cache, so it compiles every
+# program itself) and a number of CPU devices.
+_JAX_FLAGS = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count="
 
 
 def _global_batch(step):
@@ -348,6 +350,12 @@ def test_two_processes_train_as_one_and_resume_after_a_kill(records, tmp_path, b
     flags = [*_FLAGS, f"--data_dir={records}", f"--model_dir={model_dir}"]
     logs, _ = _run_two(backend, flags, stall_at=_SAVE_EVERY)
     assert _progress_steps(logs[0]) == [1, 2] and _progress_steps(logs[1]) == []
+    if backend == "jax":
+        assert "on 2 cpu device(s) in 2 process(es)" in logs[0]
+    else:
+        assert "MultiWorkerMirroredStrategy (worker 0 of 2 tasks) on 2 replica(s)" in logs[0]
+        assert "(worker 1 of 2 tasks)" in logs[1]
+    assert f"batch {_BATCH} (1 per replica)" in logs[0]
     _assert_same_checkpoint((model_dir, 2), (reference_dir, 2), backend)
 
     logs, processes = _run_two(backend, flags)
@@ -373,6 +381,7 @@ def test_two_processes_train_as_one_and_resume_after_a_kill(records, tmp_path, b
         assert not glob.glob(os.path.join(model_dir, ".worker*"))
     assert all("Saved " not in line for line in logs[1].splitlines())
     assert _loss_steps(model_dir) == [1, 2, 3, 4]
+    assert os.path.isfile(os.path.join(model_dir, "model.weights.h5"))
     assert os.path.isdir(os.path.join(model_dir, "export"))
 
 
