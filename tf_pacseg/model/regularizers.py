@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from tf_pacseg import checks
+from tf_pacseg.model.losses import l2_regularization
 
 
 @keras.saving.register_keras_serializable(package="tf_pacseg")
@@ -13,7 +14,8 @@ class WeightDecay(keras.regularizers.Regularizer):
     On TensorFlow it is the original's `L2Loss` kernel: one op per kernel,
     whose gradient is one multiplication, where `keras.regularizers.L2`'s
     square, sum and scaling take four passes over the weights forward and
-    backward. Both compute the same thing (`tests/model/test_regularizers.py`).
+    backward; elsewhere it is `losses.l2_regularization`. Both compute the
+    same thing (`tests/model/test_regularizers.py`).
 
     Args:
         weight_decay: float >= 0.
@@ -27,7 +29,7 @@ class WeightDecay(keras.regularizers.Regularizer):
             import tensorflow as tf
 
             return self.weight_decay * tf.nn.l2_loss(ops.convert_to_tensor(x))
-        return self.weight_decay * ops.sum(ops.square(x)) / 2
+        return l2_regularization([x], self.weight_decay)
 
     def get_config(self):
         return {"weight_decay": self.weight_decay}
