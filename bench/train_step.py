@@ -126,6 +126,7 @@ def make_our_step(config, images, labels):
     else:
         import tensorflow as tf
 
+        from tf_pacseg.data import malloc
         from tf_pacseg.training import distribute, tf_step
 
         strategy = distribute.create_strategy(num_gpu=config.num_gpu)
@@ -138,6 +139,7 @@ def make_our_step(config, images, labels):
         )
         dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
         batches = iter(strategy.experimental_distribute_dataset(dataset))
+        malloc.unpin_mmap_threshold()  # As train.py does after creating its iterator.
         batch = next(batches)
 
     def run():

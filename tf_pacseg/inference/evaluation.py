@@ -50,7 +50,7 @@ from absl import logging
 from keras import ops
 
 from tf_pacseg import checks, constants
-from tf_pacseg.data import bad_records, label_png, pipelines, records, sharding, voc
+from tf_pacseg.data import bad_records, label_png, malloc, pipelines, records, sharding, voc
 from tf_pacseg.inference import forward, metrics, report
 from tf_pacseg.inference.tiling import Tiling, tiled_labels
 
@@ -182,7 +182,8 @@ def _batches(source, batch_size, crop_size, num_classes, ignore_label):
     dataset = pipelines.eval_batches(
         examples, batch_size, crop_size=crop_size, ignore_label=ignore_label, include_sizes=True
     )
-    iterator = iter(dataset)
+    iterator = iter(dataset)  # from_generator's op pins malloc's mmap threshold.
+    malloc.unpin_mmap_threshold()
     done = 0
     while True:
         try:

@@ -9,7 +9,7 @@ and the chief's lands in `model_dir`.
 
 import tensorflow as tf
 
-from tf_pacseg.data import pipelines
+from tf_pacseg.data import malloc, pipelines
 from tf_pacseg.export import saved_model
 from tf_pacseg.training import checkpoints, components, distribute
 from tf_pacseg.training.engine import Engine
@@ -124,7 +124,9 @@ class TFEngine(Engine):
             skip_list=skip_list,
             **components.train_input_arguments(config),
         )
-        return iter(dataset)
+        batches = iter(dataset)  # tf.distribute's iterators pin malloc's mmap threshold.
+        malloc.unpin_mmap_threshold()
+        return batches
 
     def train_step(self, images, labels):
         return self.step_fn(images, labels)
