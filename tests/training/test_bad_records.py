@@ -1,7 +1,9 @@
 """train.py on damaged records: one line naming the bad record, or --skip_bad_records.
 
-Each fault (`damaged_records.FAULTS`) stops a run with one line, without a
-traceback, naming the shard, the record's position and what to do; with
+A fault stops a run with one line, without a traceback, naming the shard,
+the record's position and what to do: a cut file, an image that does not
+decode and a label of the wrong size on TensorFlow (the message of every
+fault is checked in-process, tests/data/test_record_skipping.py); with
 --skip_bad_records the run trains on the other records, counts the skipped
 ones in its progress lines, TensorBoard and its last line, and resumes
 exactly where it stopped. Both engines: the JAX engine reads with tf.data too.
@@ -86,7 +88,8 @@ def _scalar_values(directory, tag):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "backend, fault",
-    [("tensorflow", fault) for fault in sorted(FAULTS)]
+    # One fault of each kind: the reader's (a cut file), decoding's, the label check's.
+    [("tensorflow", fault) for fault in ("bad_image", "label_size", "truncated")]
     + [("jax", "truncated"), ("jax", "bad_image")],
 )
 def test_a_bad_training_record_stops_train_py_with_one_line_naming_it(
