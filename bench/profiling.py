@@ -104,7 +104,7 @@ def op_self_times(events):
 
 
 def profile_table(run, calls, top=15):
-    """Traces `calls` calls of `run` and returns the op-type table as lines of text."""
+    """Runs `calls` calls of `run`, traces as many more; returns the op-type table as text lines."""
     # CPU time and page faults untraced: the profiler allocates too.
     before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(calls):

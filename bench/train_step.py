@@ -138,8 +138,7 @@ def make_our_step(config, images, labels):
             model, optimizer, strategy, loss=config.loss, jit_compile=config.jit_compile
         )
         dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
-        batches = iter(strategy.experimental_distribute_dataset(dataset))
-        malloc.unpin_mmap_threshold()  # As train.py does after creating its iterator.
+        batches = malloc.iterate(strategy.experimental_distribute_dataset(dataset))  # As train.py.
         batch = next(batches)
 
     def run():

@@ -1,4 +1,4 @@
-"""`malloc.unpin_mmap_threshold`: freed memory is reused again after tf.data's generator op."""
+"""`malloc.iterate`, `unpin_mmap_threshold`: freed memory is reused after a generator op."""
 
 import json
 import sys
@@ -34,7 +34,15 @@ signature = tf.TensorSpec((), tf.int32)
 iterator = iter(tf.data.Dataset.from_generator(lambda: iter([1]), output_signature=signature))
 pinned = faults_per_block()
 took = malloc.unpin_mmap_threshold()
-print(json.dumps(dict(pinned=pinned, took=took, unpinned=faults_per_block())))
+unpinned = faults_per_block()
+# Pinned again by hand as TensorFlow did, the free heap returned: iterate() must unpin.
+libc.mallopt(-3, 128 << 10)
+libc.mallopt(-1, 128 << 10)
+libc.malloc_trim(0)
+generated = tf.data.Dataset.from_generator(lambda: iter([2]), output_signature=signature)
+iterator = malloc.iterate(generated)
+print(json.dumps(dict(pinned=pinned, took=took, unpinned=unpinned, iterated=faults_per_block(),
+                      first=int(next(iterator)))))
 """
 
 
@@ -46,3 +54,4 @@ def test_freed_memory_is_reused_after_a_generator_iterator():
     # stop holding in a later TensorFlow, unpin_mmap_threshold is no longer needed.
     assert result["pinned"] > 4000, result
     assert result["unpinned"] < 10, result
+    assert result["iterated"] < 10 and result["first"] == 2, result

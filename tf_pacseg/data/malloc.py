@@ -1,4 +1,4 @@
-"""`unpin_mmap_threshold`: undoes the malloc setting of tf.data's generator op.
+"""`iterate`, `unpin_mmap_threshold`: undo the malloc setting of tf.data's generator op.
 
 The first tf.data generator op of a process (`Dataset.from_generator`, the
 per-device iterators of `tf.distribute`) fixes glibc's mmap threshold at
@@ -41,3 +41,17 @@ def unpin_mmap_threshold():
     took_mmap = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) == 1
     took_trim = mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
     return took_mmap and took_trim
+
+
+def iterate(dataset):
+    """`iter(dataset)`, then `unpin_mmap_threshold()`: for datasets over a generator op.
+
+    Args:
+        dataset: a `tf.data.Dataset` or `tf.distribute` distributed dataset.
+
+    Returns:
+        Its iterator.
+    """
+    iterator = iter(dataset)
+    unpin_mmap_threshold()
+    return iterator

@@ -182,8 +182,7 @@ def _batches(source, batch_size, crop_size, num_classes, ignore_label):
     dataset = pipelines.eval_batches(
         examples, batch_size, crop_size=crop_size, ignore_label=ignore_label, include_sizes=True
     )
-    iterator = iter(dataset)  # from_generator's op pins malloc's mmap threshold.
-    malloc.unpin_mmap_threshold()
+    iterator = malloc.iterate(dataset)  # Folders are read through a generator op.
     done = 0
     while True:
         try:

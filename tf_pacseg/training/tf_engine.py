@@ -124,9 +124,7 @@ class TFEngine(Engine):
             skip_list=skip_list,
             **components.train_input_arguments(config),
         )
-        batches = iter(dataset)  # tf.distribute's iterators pin malloc's mmap threshold.
-        malloc.unpin_mmap_threshold()
-        return batches
+        return malloc.iterate(dataset)  # tf.distribute's iterators run a generator op.
 
     def train_step(self, images, labels):
         return self.step_fn(images, labels)
