@@ -155,6 +155,7 @@ def train_dataset(
         files, input_context, seed, shuffle_buffer, repeat, start, skip_list
     )
 
+    @tf.autograph.experimental.do_not_convert  # docs/design.md §6
     def parse_and_augment(serialized, element_seed):
         image, label = records.parse_example(serialized)
         return augmentation.augment(image, label, element_seed, crop_size, scales, ignore_label)
@@ -232,6 +233,7 @@ def eval_batches(
     crop_height, crop_width = checks.size_2d("crop_size", crop_size)
     checks.int_in_range("ignore_label", ignore_label, 0, 255)
 
+    @tf.autograph.experimental.do_not_convert
     def parse(serialized):
         image, label = records.parse_example(serialized)
         return image, label, tf.shape(image)[:2]
@@ -249,6 +251,7 @@ def eval_batches(
         ),
     )
 
+    @tf.autograph.experimental.do_not_convert
     def pad_batch(images, labels, sizes):
         shape = tf.shape(images)
         paddings = [

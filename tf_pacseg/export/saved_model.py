@@ -86,7 +86,9 @@ def write_saved_model(model, export_dir, input_size=None, image_bytes=True, prob
 def _image_bytes_function(serve, input_size, probabilities):
     """A traced `tf.function` of encoded images to classes, around the `serve` endpoint."""
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")], autograph=False
+    )
     def serve_image_bytes(image_bytes):
         images, sizes = _decode_and_pad(image_bytes, input_size)
         logits = serve(images)["logits"]  # (batch, height, width, classes)

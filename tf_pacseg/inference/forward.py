@@ -40,7 +40,9 @@ def _compile_tensorflow(model):
 
     model_ref = weakref.ref(model)  # The cache must not keep the model alive.
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)], autograph=False
+    )
     def forward(images):
         return tf.cast(model_ref()(images, training=False), tf.float32)
 

@@ -248,7 +248,7 @@ class TFCheckpointer(_Checkpointer):
             max_to_keep=config.keep_checkpoint_max,
             checkpoint_name=CHECKPOINT_NAME,
         )
-        self._finite = tf.function(lambda: _all_finite(model.weights))
+        self._finite = tf.function(lambda: _all_finite(model.weights), autograph=False)
 
     def restore_latest(self):
         """Restores the chief's latest checkpoint in model_dir; returns `Restored` or None."""

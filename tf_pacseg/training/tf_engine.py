@@ -27,7 +27,7 @@ class AnyWorker:
             value = strategy.run(tf.identity, args=(flag,))
             return strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
 
-        self._reduce = tf.function(reduce_flag)
+        self._reduce = tf.function(reduce_flag, autograph=False)
 
     def __call__(self, flag):
         return bool(self._reduce(tf.constant(float(flag))) > 0)
