@@ -46,7 +46,7 @@ class Engine(abc.ABC):
     The loop replaces `config` by the one with the dataset's classes
     resolved (`classes.resolve_classes`), then calls `build`, then `restore`
     or (for a fresh run) `set_step`, then `train_step` on `batches` until the
-    schedule ends, with `save`, `confusion_matrix`, `predict` and
+    schedule ends, with `save`, `confusion_matrix` and
     `evaluation_model` between steps, and `export` at the end; `train` calls
     `barrier`, `check_numerics` and `close` around it.
 
@@ -193,10 +193,6 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def first_replica(self, tensor):
         """Returns: the first device's part of a global batch from `batches`."""
-
-    @abc.abstractmethod
-    def predict(self, images):
-        """Returns: logits [N, H, W, C] of `images` (a `first_replica` part), inference mode."""
 
     @abc.abstractmethod
     def evaluation_model(self):

@@ -178,9 +178,6 @@ class JaxEngine(Engine):
         """The first local device's part of a global batch, as numpy."""
         return np.asarray(array.addressable_shards[0].data)
 
-    def predict(self, images):
-        return self.evaluation_model()(images, training=False)
-
     def evaluation_model(self):
         self.step_fn.sync_to_model()
         return self.model

@@ -11,7 +11,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from tf_pacseg.inference import metrics
+from tf_pacseg.inference import forward, metrics
 from tf_pacseg.training import summaries
 
 
@@ -83,7 +83,8 @@ class Progress:
                 step,
                 images,
                 labels,
-                self.engine.predict(images),
+                # Evaluation's compiled forward pass, not op by op (JAX).
+                forward.forward_fn(self.engine.evaluation_model())(images),
                 self.config.num_classes,
                 self.config.ignore_label,
             )

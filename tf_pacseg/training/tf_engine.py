@@ -57,7 +57,7 @@ class TFEngine(Engine):
         self.num_replicas = strategy.num_replicas_in_sync
         self._any_worker = AnyWorker(strategy) if self.multi_worker else None
         # Made by `build`.
-        self.optimizer = self.step_fn = self.checkpointer = self._predict = None
+        self.optimizer = self.step_fn = self.checkpointer = None
 
     def describe(self):
         """'<strategy> on R replica(s) (this worker: <devices>)'."""
@@ -81,7 +81,6 @@ class TFEngine(Engine):
         self.checkpointer = checkpoints.TFCheckpointer(
             self.model, self.optimizer, self.strategy, config
         )
-        self._predict = tf.function(lambda images: self.model(images, training=False))
         return self.model
 
     def barrier(self):
@@ -137,9 +136,6 @@ class TFEngine(Engine):
 
     def first_replica(self, tensor):
         return self.strategy.experimental_local_results(tensor)[0]
-
-    def predict(self, images):
-        return self._predict(images)
 
     def evaluation_model(self):
         return self.model
