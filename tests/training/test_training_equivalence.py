@@ -42,6 +42,8 @@ BATCH, SIZE, STEPS = 8, 65, 2
 PERTURBATION = 1e-5
 K = 4.0
 KINDS = ("weights", "Momentum", "beta_gamma", "moving_mean", "moving_variance")
+# One worker: both engines are compared with one `references` run per BatchNorm setting.
+pytestmark = pytest.mark.xdist_group("training_equivalence")
 
 
 @dataclasses.dataclass
