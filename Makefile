@@ -28,12 +28,16 @@ ifdef VIRTUAL_ENV
 	$(PYTHON) -m pip install -e ".[test]"
 endif
 
+# Three workers on two cores: a worker waits for a tenth of its time (for the
+# scripts it runs, and for tf.data threads to stop), and the third fills it.
+TEST_WORKERS ?= 3
+
 test: install
-	KERAS_BACKEND=tensorflow $(PYTHON) -m pytest -n 2 tests
+	KERAS_BACKEND=tensorflow $(PYTHON) -m pytest -n $(TEST_WORKERS) tests
 
 # Everything but the end-to-end runs marked slow.
 test-fast: install
-	KERAS_BACKEND=tensorflow $(PYTHON) -m pytest -n 2 -m "not slow" tests
+	KERAS_BACKEND=tensorflow $(PYTHON) -m pytest -n $(TEST_WORKERS) -m "not slow" tests
 
 demo: install
 	$(PYTHON) -m tf_pacseg.cli.demo --work_dir demo_work --output_dir demo_output
