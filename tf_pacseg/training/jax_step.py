@@ -34,6 +34,11 @@ from tf_pacseg.training.config import check_choice
 BATCH_AXIS = "batch"
 
 
+# Copies of many arrays by one program: an op per array would lower and load
+# one program per shape (60 for the tiny test model, 0.8 s on a CPU).
+_copy_all = jax.jit(lambda values: [jnp.copy(value) for value in values])
+
+
 def data_parallel_mesh(devices=None):
     """A one-axis mesh (`"batch"`) over `devices` (default: every device of every process)."""
     devices = jax.devices() if devices is None else devices
@@ -190,10 +195,11 @@ class JaxTrainStep:
             (self.optimizer.variables, self.state["optimizer"]),
         )
         for variables, values in pairs:
-            for variable, value in zip(variables, values, strict=True):
-                # This process's copy (saving, evaluation and export run per
-                # process), copied: the step donates (frees) the state's buffers.
-                variable.assign(jnp.copy(value.addressable_data(0)))
+            # This process's copy (saving, evaluation and export run per
+            # process), copied: the step donates (frees) the state's buffers.
+            copies = _copy_all([value.addressable_data(0) for value in values])
+            for variable, copy in zip(variables, copies, strict=True):
+                variable.assign(copy)
 
     def _zero_confusion(self):
         zeros = jnp.zeros((self.num_classes, self.num_classes), "int32")
@@ -201,7 +207,7 @@ class JaxTrainStep:
 
     def _state_from_model(self):
         def values(variables):
-            return [jnp.copy(v.value) for v in variables]
+            return _copy_all([v.value for v in variables])
 
         state = {
             "trainable": values(self.model.trainable_variables),
