@@ -10,10 +10,11 @@ import keras
 from keras import ops
 
 from tf_pacseg import checks
+from tf_pacseg.model.initial_values import WeightsMixin
 
 
 @keras.saving.register_keras_serializable(package="tf_pacseg")
-class Conv2D(keras.layers.Conv2D):
+class Conv2D(WeightsMixin, keras.layers.Conv2D):
     """`keras.layers.Conv2D` whose 1x1 stride-1 convolutions are matrix products on JAX.
 
     XLA's CPU convolution runs a 1x1 convolution 3x slower than the same
@@ -87,7 +88,7 @@ def atrous_conv2d(inputs, kernel, rate_counts):
 
 
 @keras.saving.register_keras_serializable(package="tf_pacseg")
-class AtrousConv2D(keras.layers.Layer):
+class AtrousConv2D(WeightsMixin, keras.layers.Layer):
     """Dilated 'SAME' convolution: TensorFlow's kernel, or `atrous_conv2d`.
 
     Equal to `keras.layers.Conv2D(filters, kernel_size, padding="same",

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from tf_pacseg import checks
+from tf_pacseg.model.initial_values import without_initial_values
 
 BATCH_NORM_SUFFIX = ".BatchNorm"
 
@@ -82,7 +83,8 @@ def fold_batch_norms(model):
         )
     if config["fold_batch_norm"]:
         return model
-    folded = type(model).from_config({**config, "fold_batch_norm": True})
+    with without_initial_values():  # Every weight is set below.
+        folded = type(model).from_config({**config, "fold_batch_norm": True})
     sources, targets = _layers_by_name(model), _layers_by_name(folded)
     folded_batch_norms = set()
     for name, target in targets.items():

@@ -9,6 +9,7 @@ import keras
 from keras import ops
 
 from tf_pacseg import checks
+from tf_pacseg.model.initial_values import WeightsMixin
 from tf_pacseg.model.resize import resize_bilinear
 
 # The released weights were trained with these; Keras' default epsilon differs.
@@ -16,7 +17,7 @@ BATCH_NORM_EPSILON = 1e-5
 
 
 @keras.saving.register_keras_serializable(package="tf_pacseg")
-class BatchNorm(keras.layers.BatchNormalization):
+class BatchNorm(WeightsMixin, keras.layers.BatchNormalization):
     """BatchNorm as TF1's fused BatchNorm trains it, whose batch statistics can be switched off.
 
     In training with batch statistics it normalises with the batch mean and

@@ -12,6 +12,7 @@ import os
 
 from tf_pacseg import checks
 from tf_pacseg.files import atomic_write
+from tf_pacseg.model.initial_values import without_initial_values
 from tf_pacseg.model.segmenter import build_model
 from tf_pacseg.weights import sources, tf1_checkpoint
 
@@ -141,12 +142,13 @@ def load_model(path, **overrides):
     # changes layers (strided vs dilated convs, ASPP's rate-named branches) but
     # not the weights, which are then copied over in graph order.
     output_stride = overrides.pop("output_stride", stored["output_stride"])
-    model = build_model(**{**stored, **overrides})
-    load(model)
-    if output_stride != model.output_stride:
-        target = build_model(**{**stored, **overrides, "output_stride": output_stride})
-        transfer_weights(model, target)
-        model = target
+    with without_initial_values():  # Every weight is loaded or transferred.
+        model = build_model(**{**stored, **overrides})
+        load(model)
+        if output_stride != model.output_stride:
+            target = build_model(**{**stored, **overrides, "output_stride": output_stride})
+            transfer_weights(model, target)
+            model = target
     return model
 
 
@@ -176,7 +178,8 @@ def convert_tf1_checkpoint(checkpoint, weights_path, **overrides):
             "directly: --pre_trained_model=<prefix>."
         )
     overrides = {key: value for key, value in overrides.items() if value is not None}
-    model = build_model(**{**architecture, **overrides})
+    with without_initial_values():  # The checkpoint holds every weight, or loading fails.
+        model = build_model(**{**architecture, **overrides})
     report = tf1_checkpoint.load_tf1_checkpoint(model, checkpoint)
     save_model_weights(model, weights_path, source=report.checkpoint)
     return model, report

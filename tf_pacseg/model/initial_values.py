@@ -1,0 +1,44 @@
+"""Building a network whose weights are loaded next, without drawing initial values.
+
+A loaded model (a `.weights.h5`, a TF1 checkpoint, a folded copy) overwrites
+every weight, so the initial values drawn when the network is built are
+wasted, and on JAX slowly: each weight shape compiles its own random
+program (docs/design.md §9 has the figures).
+
+Under `without_initial_values()` the project's layers (`WeightsMixin`)
+create their weights as host zeros; outside it they use their initializers.
+"""
+
+import contextlib
+import contextvars
+
+import keras
+import numpy as np
+
+_SKIPPED = contextvars.ContextVar("tf_pacseg_skip_initial_values", default=False)
+
+
+@contextlib.contextmanager
+def without_initial_values():
+    """Weights created in this block are zeros; the caller assigns every one of them."""
+    token = _SKIPPED.set(True)
+    try:
+        yield
+    finally:
+        _SKIPPED.reset(token)
+
+
+class _HostZeros(keras.initializers.Initializer):
+    """NumPy zeros: the variable takes them without running a program on the device."""
+
+    def __call__(self, shape, dtype=None):
+        return np.zeros(shape, keras.backend.standardize_dtype(dtype))
+
+
+class WeightsMixin:
+    """For layers: `add_weight` ignores the initializer under `without_initial_values()`."""
+
+    def add_weight(self, *args, initializer=None, **kwargs):
+        if _SKIPPED.get():
+            initializer = _HostZeros()
+        return super().add_weight(*args, initializer=initializer, **kwargs)
