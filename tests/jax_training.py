@@ -33,10 +33,12 @@ SCRIPT = textwrap.dedent(
     import keras
     import numpy as np
     from tf_pacseg.training import TrainConfig, build_optimizer, build_training_model
+    from tf_pacseg.model.initial_values import without_initial_values
     from tf_pacseg.training import components, jax_step
 
     config = TrainConfig(**json.loads(config))
-    model = build_training_model(config)  # BatchNorm's training mode is the config's.
+    with without_initial_values():  # All loaded below.
+        model = build_training_model(config)  # BatchNorm's training mode is the config's.
     # The references have no dropout: a rate of 0 makes Keras' Dropout the identity.
     model.get_layer("network.dropout").rate = 0.0
     optimizer = build_optimizer(config)

@@ -142,12 +142,14 @@ _JAX_SCRIPT = textwrap.dedent(
     import json, sys
     import numpy as np
     from tf_pacseg.model.folding import fold_batch_norms
+    from tf_pacseg.model.initial_values import without_initial_values
     from tf_pacseg.model.segmenter import build_model
 
     networks, directory = json.loads(sys.argv[1]), sys.argv[2]
     images = np.load(directory + "/images.npy")
     for index, (base_architecture, head) in enumerate(networks):
-        model = build_model(base_architecture, head, units_per_block=(1, 1, 1, 1))
+        with without_initial_values():
+            model = build_model(base_architecture, head, units_per_block=(1, 1, 1, 1))
         model.load_weights(f"{directory}/{index}.weights.h5")
         logits = fold_batch_norms(model)(images, training=False)
         np.save(f"{directory}/{index}.npy", np.asarray(logits))

@@ -20,11 +20,13 @@ JAX_SCRIPT = textwrap.dedent(
     import json, sys
     import numpy as np
     import keras
+    from tf_pacseg.model.initial_values import without_initial_values
     from tf_pacseg.model.segmenter import build_model
 
     weights, images, output = sys.argv[1:]
     with open(weights[: -len(".weights.h5")] + ".json", encoding="utf-8") as f:
-        model = build_model(**json.load(f)["architecture"])
+        with without_initial_values():
+            model = build_model(**json.load(f)["architecture"])
     model.load_weights(weights)
     logits = model(np.load(images), training=False)
     np.save(output, np.asarray(logits))
