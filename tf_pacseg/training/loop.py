@@ -36,6 +36,7 @@ from absl import logging
 
 from tf_pacseg.data import bad_records, records
 from tf_pacseg.inference import evaluation, report
+from tf_pacseg.model.initial_values import without_initial_values
 from tf_pacseg.training import checkpoints, run_lock
 from tf_pacseg.training.best import BestModel
 from tf_pacseg.training.classes import resolve_classes
@@ -127,7 +128,10 @@ class Trainer:
 
     def _restore_or_initialize(self):
         config, engine = self.config, self.engine
-        model = engine.build()
+        resuming = engine.latest_checkpoint() is not None
+        # The checkpoint restores every weight, or restoring fails.
+        with without_initial_values() if resuming else contextlib.nullcontext():
+            model = engine.build()
         restored = engine.restore()
         if restored:
             logging.info("Resuming from %s.", restored.path)
