@@ -38,6 +38,16 @@ def test_every_weight_is_zero_in_the_block_and_drawn_outside(
         assert gammas and all(np.all(gamma == 1) for gamma in gammas)
 
 
+def test_only_the_layers_named_start_at_zero():
+    backbone = "resnet_v1_50."
+    with without_initial_values(lambda name: name.startswith(backbone)):
+        model = build_model("resnet_v1_50", "pac", units_per_block=TINY)
+    kernels = {w.path: np.asarray(w) for w in model.weights if w.name == "kernel"}
+    zero = sorted(path for path, kernel in kernels.items() if not np.any(kernel))
+    assert zero and zero == sorted(path for path in kernels if path.startswith(backbone))
+    assert len(zero) < len(kernels)
+
+
 def test_the_block_ends_on_an_exception():
     with pytest.raises(RuntimeError), without_initial_values():
         raise RuntimeError

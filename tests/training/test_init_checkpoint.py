@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -177,3 +178,49 @@ def test_training_starts_from_the_init_checkpoint_and_a_resume_ignores_it(
     assert train_watched(monkeypatch, Recorder(), config).step == 2
     assert "Ignoring --init_checkpoint: model_dir holds a checkpoint." in caplog.text
     assert "Initialised" not in caplog.text
+
+
+class _FirstWeights(Recorder):
+    """Keeps the weights the first step starts from: the run's initialisation."""
+
+    def before_step(self, engine):
+        if len(self.batches) == 1:
+            self.first = {v.path: np.array(v.value) for v in engine.evaluation_model().weights}
+
+
+@pytest.mark.parametrize("flag", ["init_checkpoint", "pre_trained_model"])
+def test_a_run_draws_the_initial_values_of_what_it_does_not_load(
+    tmp_path, released_layout, monkeypatch, flag
+):
+    # The released layout has 21 classes: --init_checkpoint leaves the classifier drawn.
+    config = tiny_config(
+        make_records(str(tmp_path)), str(tmp_path / "model"), max_iter=1, **{flag: released_layout}
+    )
+    drawn, draw = [], keras.initializers.VarianceScaling.__call__  # he_normal, glorot_uniform
+
+    def recorded(self, shape, dtype=None, **kwargs):
+        drawn.append(tuple(shape))
+        return draw(self, shape, dtype, **kwargs)
+
+    monkeypatch.setattr(keras.initializers.VarianceScaling, "__call__", recorded)
+    recorder = _FirstWeights()
+    train_watched(monkeypatch, recorder, config)
+    drawn_by_run = drawn[:]  # Not those of the model built below.
+    # Built without drawing the loaded weights: none of the loaded or drawn ones is zero.
+    never_zero = ("kernel", "gamma", "moving_variance")
+    checked = {path: value for path, value in recorder.first.items() if path.endswith(never_zero)}
+    assert checked and [path for path, value in checked.items() if not np.any(value)] == []
+    reader = tf.train.load_checkpoint(released_layout)
+    expected = {
+        variable.path: reader.get_tensor(name)
+        for name, variable in tf1_checkpoint.tf1_variable_map(_model()).items()
+        if name != initialization.CLASSIFIER
+        and (flag == "init_checkpoint" or not name.startswith("network/"))
+    }
+    for path, value in expected.items():
+        np.testing.assert_array_equal(recorder.first[path], value, err_msg=path)
+    # Only the kernels that nothing loads were drawn.
+    kernels = [path for path in recorder.first if path.endswith("kernel")]
+    unloaded = [recorder.first[path].shape for path in kernels if path not in expected]
+    assert unloaded
+    assert sorted(drawn_by_run) == sorted(unloaded)

@@ -6,7 +6,8 @@ wasted, and on JAX slowly: each weight shape compiles its own random
 program (docs/design.md §9 has the figures).
 
 Under `without_initial_values()` the project's layers (`WeightsMixin`)
-create their weights as host zeros; outside it they use their initializers.
+create their weights as host zeros (all of them, or those of the layers it
+names); outside it they use their initializers.
 """
 
 import contextlib
@@ -15,13 +16,24 @@ import contextvars
 import keras
 import numpy as np
 
-_SKIPPED = contextvars.ContextVar("tf_pacseg_skip_initial_values", default=False)
+# The predicate on layer names of the innermost block, None outside any.
+_SKIPPED = contextvars.ContextVar("tf_pacseg_skipped_layers", default=None)
+
+
+def _every_layer(name):
+    return True
 
 
 @contextlib.contextmanager
-def without_initial_values():
-    """Weights created in this block are zeros; the caller assigns every one of them."""
-    token = _SKIPPED.set(True)
+def without_initial_values(layers=None):
+    """Weights created in this block start as zeros, for the caller to assign.
+
+    Args:
+        layers: callable, layer name -> bool. Only the layers it accepts
+            start from zeros; the others draw their initial values. `None`:
+            every layer. Defaults to `None`.
+    """
+    token = _SKIPPED.set(layers or _every_layer)
     try:
         yield
     finally:
@@ -39,6 +51,7 @@ class WeightsMixin:
     """For layers: `add_weight` ignores the initializer under `without_initial_values()`."""
 
     def add_weight(self, *args, initializer=None, **kwargs):
-        if _SKIPPED.get():
+        skipped = _SKIPPED.get()
+        if skipped is not None and skipped(self.name):
             initializer = _HostZeros()
         return super().add_weight(*args, initializer=initializer, **kwargs)

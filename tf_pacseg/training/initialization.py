@@ -11,6 +11,7 @@ from tf_pacseg.weights import saving, sources, tf1_checkpoint
 
 # The decoder's 1x1 conv: the only variable whose shape depends on num_classes.
 CLASSIFIER = "network/conv2d/weights"
+_CLASSIFIER_LAYER = "network.conv2d"
 _BACKBONE_ONLY = (
     " Train with the checkpoint's architecture, or initialise only the backbone with "
     "--pre_trained_model."
@@ -23,6 +24,24 @@ def check_sources(config):
         sources.model_source(config.init_checkpoint, "--init_checkpoint")
     if config.pre_trained_model:
         pretrained_source(config.pre_trained_model)
+
+
+def loaded_layers(config, resuming):
+    """The layers whose weights the run's start loads: a predicate on layer names, or None.
+
+    The network is built without drawing their initial values
+    (`tf_pacseg.model.initial_values`). A resumed run restores every layer;
+    --init_checkpoint loads all but the classifier, which keeps its drawn
+    values when the number of classes differs; --pre_trained_model, the
+    backbone.
+    """
+    if resuming:
+        return lambda name: True
+    if config.init_checkpoint:
+        return lambda name: name != _CLASSIFIER_LAYER
+    if config.pre_trained_model:
+        return lambda name: name.startswith(f"{config.base_architecture}.")
+    return None
 
 
 def initialize(model, config):

@@ -43,7 +43,7 @@ from tf_pacseg.training.classes import resolve_classes
 from tf_pacseg.training.config import NonFiniteLossError, TrainResult
 from tf_pacseg.training.debug import nonfinite_op_error
 from tf_pacseg.training.engine import create_engine
-from tf_pacseg.training.initialization import check_sources, initialize
+from tf_pacseg.training.initialization import check_sources, initialize, loaded_layers
 from tf_pacseg.training.pretrained import resolve_pretrained_path
 from tf_pacseg.training.progress import Progress
 from tf_pacseg.training.schedule import Schedule, StepDone, StopRequest
@@ -128,9 +128,10 @@ class Trainer:
 
     def _restore_or_initialize(self):
         config, engine = self.config, self.engine
-        resuming = engine.latest_checkpoint() is not None
-        # The checkpoint restores every weight, or restoring fails.
-        with without_initial_values() if resuming else contextlib.nullcontext():
+        # What the checkpoint or the initialisation loads is not drawn first; both
+        # load every weight they cover, or fail.
+        loaded = loaded_layers(config, resuming=engine.latest_checkpoint() is not None)
+        with without_initial_values(loaded) if loaded else contextlib.nullcontext():
             model = engine.build()
         restored = engine.restore()
         if restored:
