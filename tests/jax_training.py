@@ -32,8 +32,8 @@ SCRIPT = textwrap.dedent(
     sys.meta_path.insert(0, NoTensorFlow())
     import keras
     import numpy as np
-    from tf_pacseg.training import TrainConfig, build_optimizer, build_training_model
     from tf_pacseg.model.initial_values import without_initial_values
+    from tf_pacseg.training import TrainConfig, build_optimizer, build_training_model
     from tf_pacseg.training import components, jax_step
 
     config = TrainConfig(**json.loads(config))

@@ -27,7 +27,7 @@ def check_sources(config):
 
 
 def loaded_layers(config, resuming):
-    """The layers whose weights the run's start loads: a predicate on layer names, or None.
+    """The layers whose weights the run's start loads: a predicate on layer names.
 
     The network is built without drawing their initial values
     (`tf_pacseg.model.initial_values`). A resumed run restores every layer;
@@ -41,7 +41,7 @@ def loaded_layers(config, resuming):
         return lambda name: name != _CLASSIFIER_LAYER
     if config.pre_trained_model:
         return lambda name: name.startswith(f"{config.base_architecture}.")
-    return None
+    return lambda name: False
 
 
 def initialize(model, config):

@@ -130,8 +130,8 @@ class Trainer:
         config, engine = self.config, self.engine
         # What the checkpoint or the initialisation loads is not drawn first; both
         # load every weight they cover, or fail.
-        loaded = loaded_layers(config, resuming=engine.latest_checkpoint() is not None)
-        with without_initial_values(loaded) if loaded else contextlib.nullcontext():
+        resuming = engine.latest_checkpoint() is not None
+        with without_initial_values(loaded_layers(config, resuming)):
             model = engine.build()
         restored = engine.restore()
         if restored:
