@@ -1,13 +1,16 @@
 r"""Inference rate of ours (Keras, and its exports' runtimes) against the original TF1 graph.
 
-Ours is `tf_pacseg.build_model` in inference mode (a `tf.function`, or a
-`jax.jit` on JAX); the original's is its inference graph rebuilt in
-tf.compat.v1 (`tf_pacseg.testing.tf1_network.build_reference_graph`) in a
-session. By default both hold the same random weights (a TF1 checkpoint
-written by the reference and loaded into ours, the largest logit difference
-is printed). Same random images for both, each runner in a worker process of
-its own (`--noisolate`: all in this one), alternating rounds after a warm-up;
-the medians and their ratios to the original's are printed.
+Ours is the network evaluate.py and predict.py run (`--network=inference`:
+BatchNorms folded into the convolutions; `--network=winograd`: also with
+`--winograd`), or `tf_pacseg.build_model`'s in inference mode
+(`--network=unfolded`); a `tf.function`, or a `jax.jit` on JAX. The
+original's is its inference graph rebuilt in tf.compat.v1
+(`tf_pacseg.testing.tf1_network.build_reference_graph`) in a session. By
+default both hold the same random weights (a TF1 checkpoint written by the
+reference and loaded into ours, the largest logit difference is printed).
+Same random images for both, each runner in a worker process of its own
+(`--noisolate`: all in this one), alternating rounds after a warm-up; the
+medians and their ratios to the original's are printed.
 
 `--runtimes` adds our model exported (at the benchmark's size, into a
 temporary folder, by `tf_pacseg.export.exporter.export_model`) and run by
@@ -56,6 +59,13 @@ flags.DEFINE_integer("batch_size", 1, "Images per forward pass.", lower_bound=1)
 flags.DEFINE_list("units_per_block", None, "e.g. 1,1,1,1 for a shallow backbone.")
 flags.DEFINE_enum(
     "mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Compute dtype (ours)."
+)
+flags.DEFINE_enum(
+    "network",
+    "inference",
+    ["inference", "winograd", "unfolded"],
+    "Ours: what evaluate.py and predict.py run (BatchNorms folded), the same with "
+    "--winograd, or the network as built for training.",
 )
 flags.DEFINE_boolean(
     "jit_compile", False, "XLA-compile our forward pass (TensorFlow; JAX always compiles)."
@@ -117,15 +127,22 @@ def make_our_forward(images, checkpoint=None):
         from tf_pacseg.weights import tf1_checkpoint
 
         tf1_checkpoint.load_tf1_checkpoint(model, checkpoint)
+    network = model
+    if FLAGS.network != "unfolded":
+        from tf_pacseg.model import folding
+
+        network = folding.fold_batch_norms(model, winograd=FLAGS.network == "winograd")
     if keras.backend.backend() == "jax":
         import jax
 
         # The weights as arguments, not as constants folded into the program.
         weights = (
-            [v.value for v in model.trainable_variables],
-            [v.value for v in model.non_trainable_variables],
+            [v.value for v in network.trainable_variables],
+            [v.value for v in network.non_trainable_variables],
         )
-        stateless = jax.jit(lambda weights, x: model.stateless_call(*weights, x, training=False)[0])
+        stateless = jax.jit(
+            lambda weights, x: network.stateless_call(*weights, x, training=False)[0]
+        )
         from tf_pacseg.training import jax_step
 
         mesh = jax_step.data_parallel_mesh()
@@ -137,7 +154,7 @@ def make_our_forward(images, checkpoint=None):
     else:
         import tensorflow as tf
 
-        forward = tf.function(lambda x: model(x, training=False), jit_compile=FLAGS.jit_compile)
+        forward = tf.function(lambda x: network(x, training=False), jit_compile=FLAGS.jit_compile)
 
     def run():
         return np.asarray(forward(images))  # Waits for the device.
@@ -337,7 +354,7 @@ def main():
     common.report(
         f"inference {FLAGS.base_architecture} ({units}) + {FLAGS.head}, OS{FLAGS.output_stride}, "
         f"{FLAGS.height}x{FLAGS.width}, batch {FLAGS.batch_size}, {FLAGS.mixed_precision}, "
-        f"xla={'on' if xla else 'off'}, backend {backend}, "
+        f"{FLAGS.network} network, xla={'on' if xla else 'off'}, backend {backend}, "
         f"{len(common.accelerators())} accelerator(s); {weights}; "
         f"median of {FLAGS.repeats} rounds of {FLAGS.iterations} passes, {where}",
         timings,

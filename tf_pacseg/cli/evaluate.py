@@ -192,7 +192,7 @@ def main():
             model = exported_model_from_flags()
             _check_fixed_size(model.input_size, tiling, scales)
         else:
-            model = load_model_from_flags()
+            model = load_model_from_flags(winograd=FLAGS.winograd)
         names = class_names_from_flags(model.num_classes, FLAGS.data_dir)
         image_matrices = {}  # {index: confusion matrix} of each image.
         result = evaluation.evaluate(

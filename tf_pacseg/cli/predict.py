@@ -86,7 +86,10 @@ def main():
     try:
         tiling = tiling_from_flags()  # Before the slow load, as the folder check.
         prediction.check_folders(FLAGS.input_dir, FLAGS.output_dir)
-        model = exported_model_from_flags() if FLAGS.model_path else load_model_from_flags()
+        if FLAGS.model_path:
+            model = exported_model_from_flags()
+        else:
+            model = load_model_from_flags(winograd=FLAGS.winograd)
         legend = FLAGS.output_format == "overlay" and FLAGS.overlay_legend
         names = class_names_from_flags(model.num_classes) if legend else None
         summary = prediction.predict_folder(

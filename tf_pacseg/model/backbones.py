@@ -80,6 +80,9 @@ class ResNetBackbone(keras.Model):
             `tf_pacseg.model.folding.fold_batch_norms` fills; v2's `preact`
             and `postnorm` BatchNorms, which follow no conv, stay. Defaults
             to `False`.
+        winograd: bool. With `fold_batch_norm`, the 3x3 convolutions of
+            block2 to block4 (rate 1 or 2) are `WinogradConv2D`s
+            (`ConvBlocks`). Defaults to `False`.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class ResNetBackbone(keras.Model):
         fine_tune_batch_norm=True,
         sync_batch_norm=False,
         fold_batch_norm=False,
+        winograd=False,
         **kwargs,
     ):
         checks.one_of("base_architecture", base_architecture, constants.BASE_ARCHITECTURES)
@@ -113,6 +117,7 @@ class ResNetBackbone(keras.Model):
             sync_batch_norm,
             "he_normal",
             fold_batch_norm,
+            winograd,
         )
         plan = unit_strides_and_rates(units, output_stride, multi_grid)
         scope = base_architecture
@@ -147,6 +152,7 @@ class ResNetBackbone(keras.Model):
         self.fine_tune_batch_norm = fine_tune_batch_norm
         self.sync_batch_norm = sync_batch_norm
         self.fold_batch_norm = fold_batch_norm
+        self.winograd = winograd
 
     def get_config(self):
         return {
@@ -161,6 +167,7 @@ class ResNetBackbone(keras.Model):
             "fine_tune_batch_norm": self.fine_tune_batch_norm,
             "sync_batch_norm": self.sync_batch_norm,
             "fold_batch_norm": self.fold_batch_norm,
+            "winograd": self.winograd,
         }
 
     @classmethod

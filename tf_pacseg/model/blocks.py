@@ -2,9 +2,17 @@
 
 import keras
 
+from tf_pacseg import checks
 from tf_pacseg.model.convolutions import AtrousConv2D, Conv2D, PyramidAtrousConv
 from tf_pacseg.model.layers import BatchNorm
 from tf_pacseg.model.regularizers import WeightDecay
+from tf_pacseg.model.winograd import WinogradConv2D
+
+# Where Winograd's convolution beats the kernel's on a 2-core AMD EPYC
+# (ResNet-101's block2 to block4 at 513x513); not rates whose sub-grids are
+# a few blocks wide, not the 64-channel stem (docs/design.md §9).
+WINOGRAD_RATES = (1, 2)
+WINOGRAD_MIN_CHANNELS = 256
 
 
 class ConvBlocks:
@@ -21,6 +29,10 @@ class ConvBlocks:
             with a bias, into which `tf_pacseg.model.folding` folds the
             BatchNorm (inference only); BatchNorms after no conv stay.
             Defaults to `False`.
+        winograd: bool. With `fold_batch_norm`, build the 3x3 stride-1
+            convolutions of rate 1 or 2 over at least `WINOGRAD_MIN_CHANNELS`
+            input channels as `WinogradConv2D`s (float32 inference; faster
+            there on TensorFlow, docs/design.md §9). Defaults to `False`.
     """
 
     def __init__(
@@ -31,13 +43,17 @@ class ConvBlocks:
         sync_batch_norm,
         kernel_initializer,
         fold_batch_norm=False,
+        winograd=False,
     ):
+        if winograd and not fold_batch_norm:
+            raise checks.invalid("winograd", "False without fold_batch_norm", winograd)
         self.regularizer = WeightDecay(weight_decay) if weight_decay else None
         self.batch_norm_decay = batch_norm_decay
         self.fine_tune_batch_norm = fine_tune_batch_norm
         self.sync_batch_norm = sync_batch_norm
         self.kernel_initializer = kernel_initializer
         self.fold_batch_norm = fold_batch_norm
+        self.winograd = winograd
 
     def batch_norm(self, x, name):
         return BatchNorm(
@@ -82,6 +98,15 @@ class ConvBlocks:
         )
         if pyramid_rates:
             return PyramidAtrousConv(filters, rates=pyramid_rates, **settings)(x)
+        if (
+            self.winograd
+            and use_bias
+            and kernel_size == 3
+            and stride == 1
+            and rate in WINOGRAD_RATES
+            and x.shape[-1] >= WINOGRAD_MIN_CHANNELS
+        ):
+            return WinogradConv2D(filters, dilation_rate=rate, name=name)(x)
         if rate > 1 and stride == 1:
             return AtrousConv2D(filters, kernel_size, dilation_rate=rate, **settings)(x)
         padding = "same"

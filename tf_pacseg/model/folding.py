@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from tf_pacseg import checks
+from tf_pacseg.model import winograd as winograd_conv
 from tf_pacseg.model.initial_values import without_initial_values
 
 BATCH_NORM_SUFFIX = ".BatchNorm"
@@ -53,11 +54,14 @@ def _fold_into(conv, batch_norm, target):
     scale = gamma / np.sqrt(variance + batch_norm.epsilon)
     bias = _numpy(conv.bias) if getattr(conv, "use_bias", False) else 0.0
     # The kernels' last axis is the output channels (Conv2D, AtrousConv2D).
-    target.kernel.assign((_numpy(conv.kernel) * scale).astype(target.kernel.dtype))
+    kernel = _numpy(conv.kernel) * scale
+    if isinstance(target, winograd_conv.WinogradConv2D):
+        kernel = winograd_conv.transform_kernel(kernel)
+    target.kernel.assign(kernel.astype(target.kernel.dtype))
     target.bias.assign(((bias - mean) * scale + beta).astype(target.bias.dtype))
 
 
-def fold_batch_norms(model):
+def fold_batch_norms(model, winograd=False):
     """An inference copy of `model` with every conv -> BatchNorm pair as one biased conv.
 
     The copy is built from `model`'s config with `fold_batch_norm=True`
@@ -70,9 +74,13 @@ def fold_batch_norms(model):
     Args:
         model: a `PACSegmenter` or `ResNetBackbone` (a model whose config
             takes `fold_batch_norm`), built.
+        winograd: bool. The copy's eligible 3x3 convolutions run Winograd's
+            algorithm (`tf_pacseg.model.winograd`; float32 only). Defaults
+            to `False`.
 
     Returns:
-        The folded model, of the same class (`model` itself if already folded).
+        The folded model, of the same class (`model` itself if it is folded
+        already, with the same `winograd`).
     """
     config = model.get_config()
     if "fold_batch_norm" not in config:
@@ -82,9 +90,15 @@ def fold_batch_norms(model):
             received=f"model of class {type(model).__name__}",
         )
     if config["fold_batch_norm"]:
+        if config.get("winograd", False) != winograd:
+            raise checks.invalid(
+                "model",
+                f"a model not yet folded, or folded with winograd={winograd}",
+                received=f"a model folded with winograd={config.get('winograd', False)}",
+            )
         return model
     with without_initial_values():  # Every weight is set below.
-        folded = type(model).from_config({**config, "fold_batch_norm": True})
+        folded = type(model).from_config({**config, "fold_batch_norm": True, "winograd": winograd})
     sources, targets = _layers_by_name(model), _layers_by_name(folded)
     folded_batch_norms = set()
     for name, target in targets.items():

@@ -42,6 +42,10 @@ class PACSegmenter(keras.Model):
             BatchNorm pair as one biased conv, which
             `tf_pacseg.model.folding.fold_batch_norms` builds from a trained
             model; not for training. Defaults to `False`.
+        winograd: bool. With `fold_batch_norm`, the backbone's 3x3
+            convolutions of rate 1 or 2 over 128 or more channels are
+            `tf_pacseg.model.winograd.WinogradConv2D`s (float32 inference).
+            Defaults to `False`.
 
     Example:
     ```python
@@ -63,6 +67,7 @@ class PACSegmenter(keras.Model):
         sync_batch_norm=False,
         units_per_block=None,
         fold_batch_norm=False,
+        winograd=False,
         **kwargs,
     ):
         checks.one_of("head", head, constants.HEADS)
@@ -77,6 +82,7 @@ class PACSegmenter(keras.Model):
             fine_tune_batch_norm=fine_tune_batch_norm,
             sync_batch_norm=sync_batch_norm,
             fold_batch_norm=fold_batch_norm,
+            winograd=winograd,
             name=base_architecture,
         )
         conv = ConvBlocks(
@@ -119,6 +125,7 @@ class PACSegmenter(keras.Model):
         self.sync_batch_norm = sync_batch_norm
         self.units_per_block = backbone.units_per_block
         self.fold_batch_norm = fold_batch_norm
+        self.winograd = winograd
 
     def architecture(self):
         """The arguments that fix the variables' shapes and meaning (JSON-able)."""
@@ -141,6 +148,7 @@ class PACSegmenter(keras.Model):
             "fine_tune_batch_norm": self.fine_tune_batch_norm,
             "sync_batch_norm": self.sync_batch_norm,
             "fold_batch_norm": self.fold_batch_norm,
+            "winograd": self.winograd,
         }
 
     @classmethod
