@@ -100,7 +100,10 @@ def _assert_labels_match(labels, logits):
     assert differ.sum() <= 0.001 * labels.size
 
 
-def test_logits_script_reproduces_the_original_graph(checkpoint, input_dir, reference, tmp_path):
+@pytest.mark.parametrize("winograd", [False, True])
+def test_logits_script_reproduces_the_original_graph(
+    checkpoint, input_dir, reference, tmp_path, winograd
+):
     before = _snapshot(input_dir)
     output_dir = str(tmp_path / "logits")
     command = [
@@ -110,7 +113,7 @@ def test_logits_script_reproduces_the_original_graph(checkpoint, input_dir, refe
         f"--input_dir={input_dir}",
         f"--output_dir={output_dir}",
         "--output_format=logits",
-    ]
+    ] + (["--winograd"] if winograd else [])
     process = subprocess.run(command, capture_output=True, text=True, cwd=str(tmp_path))
     assert process.returncode == 0, process.stderr[-3000:]
     assert sorted(os.listdir(output_dir)) == sorted(stem + ".npy" for stem in reference)

@@ -113,11 +113,15 @@ def test_fold_batch_norms_rejects_a_model_without_the_option():
 
 
 @pytest.mark.parametrize(
-    "base_architecture,head,output_stride",
-    [("resnet_v1_50", "pac", 16), ("resnet_v2_50", "aspp", 8)],
+    "base_architecture,head,output_stride,winograd",
+    [
+        (*network, winograd)
+        for network in (("resnet_v1_50", "pac", 16), ("resnet_v2_50", "aspp", 8))
+        for winograd in (False, True)
+    ],
 )
 def test_folded_network_of_a_tf1_checkpoint_reproduces_its_logits(
-    tmp_path, base_architecture, head, output_stride
+    tmp_path, base_architecture, head, output_stride, winograd
 ):
     from tf_pacseg.testing import tf1_checkpoints
     from tf_pacseg.weights.tf1_checkpoint import load_tf1_checkpoint
@@ -129,14 +133,15 @@ def test_folded_network_of_a_tf1_checkpoint_reproduces_its_logits(
     )
     model = build_model(base_architecture, head, output_stride=output_stride, units_per_block=units)
     load_tf1_checkpoint(model, prefix)
-    folded = fold_batch_norms(model)
+    folded = fold_batch_norms(model, winograd=winograd)
     for images, logits in zip(IMAGES, expected, strict=True):
         assert_logits_match(folded(images, training=False), logits)
 
 
 # --- the JAX backend ----------------------------------------------------------------
 
-# Loads each network's weights on KERAS_BACKEND=jax, folds it and saves its logits.
+# Loads each network's weights on KERAS_BACKEND=jax, folds it (without and with
+# Winograd's convolutions) and saves its logits.
 _JAX_SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -151,8 +156,9 @@ _JAX_SCRIPT = textwrap.dedent(
         with without_initial_values():
             model = build_model(base_architecture, head, units_per_block=(1, 1, 1, 1))
         model.load_weights(f"{directory}/{index}.weights.h5")
-        logits = fold_batch_norms(model)(images, training=False)
-        np.save(f"{directory}/{index}.npy", np.asarray(logits))
+        for winograd in (False, True):
+            logits = fold_batch_norms(model, winograd=winograd)(images, training=False)
+            np.save(f"{directory}/{index}-{winograd}.npy", np.asarray(logits))
     print(json.dumps({"tensorflow_imported": "tensorflow" in sys.modules}))
     """
 )
@@ -171,4 +177,5 @@ def test_folding_on_jax_gives_the_tensorflow_logits(tmp_path):
     # Folding is keras.ops and NumPy: TensorFlow stays out of the JAX process.
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"tensorflow_imported": False}
     for index, logits in enumerate(expected):
-        assert_logits_match(np.load(tmp_path / f"{index}.npy"), logits)
+        for winograd in (False, True):
+            assert_logits_match(np.load(tmp_path / f"{index}-{winograd}.npy"), logits)

@@ -10,7 +10,7 @@ from tf_pacseg.model.winograd import WinogradConv2D
 
 # Where Winograd's convolution beats the kernel's on a 2-core AMD EPYC
 # (ResNet-101's block2 to block4 at 513x513); not rates whose sub-grids are
-# a few blocks wide, not the 64-channel stem (docs/design.md §9).
+# a few blocks wide, not the 64-channel stem (docs/design.md §3.6).
 WINOGRAD_RATES = (1, 2)
 WINOGRAD_MIN_CHANNELS = 256
 
@@ -32,7 +32,7 @@ class ConvBlocks:
         winograd: bool. With `fold_batch_norm`, build the 3x3 stride-1
             convolutions of rate 1 or 2 over at least `WINOGRAD_MIN_CHANNELS`
             input channels as `WinogradConv2D`s (float32 inference; faster
-            there on TensorFlow, docs/design.md §9). Defaults to `False`.
+            docs/design.md §3.6). Defaults to `False`.
     """
 
     def __init__(

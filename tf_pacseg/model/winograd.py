@@ -19,7 +19,7 @@ on a 2-core CPU); on JAX the whole forward pass is compiled already. The
 maps' coefficients (up to 8, and 1/24 in the kernel's) cost precision, so
 the layer computes in float32 only: there the logits differ from the
 convolution's by about 1e-6 of their range (`tests/model/test_winograd.py`;
-docs/design.md §9 has the speed).
+docs/design.md §3.6 has the speed).
 """
 
 import functools
