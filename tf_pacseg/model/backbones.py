@@ -81,7 +81,7 @@ class ResNetBackbone(keras.Model):
             and `postnorm` BatchNorms, which follow no conv, stay. Defaults
             to `False`.
         winograd: bool. With `fold_batch_norm`, the 3x3 convolutions of
-            block2 to block4 (rate 1 or 2) are `WinogradConv2D`s
+            blocks 3 and 4 (rate 1 or 2) are `WinogradConv2D`s
             (`ConvBlocks`). Defaults to `False`.
     """
 

@@ -9,8 +9,8 @@ from tf_pacseg.model.regularizers import WeightDecay
 from tf_pacseg.model.winograd import WinogradConv2D
 
 # Where Winograd's convolution beats the kernel's on a 2-core AMD EPYC
-# (ResNet-101's block2 to block4 at 513x513); not rates whose sub-grids are
-# a few blocks wide, not the 64-channel stem (docs/design.md §3.6).
+# (ResNet-101's blocks 3 and 4 at 513x513); not the stem and blocks 1-2,
+# nor rates whose sub-grids are a few blocks wide (docs/design.md §3.6).
 WINOGRAD_RATES = (1, 2)
 WINOGRAD_MIN_CHANNELS = 256
 
@@ -31,7 +31,7 @@ class ConvBlocks:
             Defaults to `False`.
         winograd: bool. With `fold_batch_norm`, build the 3x3 stride-1
             convolutions of rate 1 or 2 over at least `WINOGRAD_MIN_CHANNELS`
-            input channels as `WinogradConv2D`s (float32 inference; faster
+            input channels as `WinogradConv2D`s (float32 inference,
             docs/design.md §3.6). Defaults to `False`.
     """
 

@@ -43,7 +43,7 @@ class PACSegmenter(keras.Model):
             `tf_pacseg.model.folding.fold_batch_norms` builds from a trained
             model; not for training. Defaults to `False`.
         winograd: bool. With `fold_batch_norm`, the backbone's 3x3
-            convolutions of rate 1 or 2 over 128 or more channels are
+            convolutions of rate 1 or 2 over 256 or more channels are
             `tf_pacseg.model.winograd.WinogradConv2D`s (float32 inference).
             Defaults to `False`.
 
