@@ -10,8 +10,8 @@ convolution's 144 multiplications per block and channel pair, a quarter.
 The kernel's map is applied once, by `tf_pacseg.model.folding` when it fills
 the inference network (`fold_batch_norms(model, winograd=True)`: evaluate.py
 and predict.py with `--winograd`); the input's and output's, sums of shifted
-slices, run with every call. A dilated
-convolution runs on its rate x rate interleaved sub-grids, each undilated.
+slices, run with every call. A dilated convolution runs on its rate x rate
+interleaved sub-grids, each undilated.
 
 On the TensorFlow backend the two maps run XLA-compiled, each fused into one
 pass over memory (compiled again for each new feature map size, about 2 s
@@ -85,10 +85,10 @@ def _combine(parts, matrix):
 
 
 def _offsets(x, axis, count):
-    """The TILE slices of `x` along `axis` (1 or 2) whose i-th entry is x's BLOCK * i + a.
+    """TILE slices of `x` along `axis` (1 or 2): slice a holds x's entries BLOCK * i + a, i < count.
 
-    `x` holds BLOCK * count + BLOCK entries along `axis`; reshapes, no
-    strided gathers, so that sizes may be unknown until run time.
+    `x` holds BLOCK * count + BLOCK entries along `axis`. Reshapes, not
+    strided slices, so that sizes may be unknown until run time.
     """
     shape = ops.shape(x)
     lead = (slice(None),) * axis
