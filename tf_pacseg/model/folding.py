@@ -90,11 +90,11 @@ def fold_batch_norms(model, winograd=False):
             received=f"model of class {type(model).__name__}",
         )
     if config["fold_batch_norm"]:
-        if config.get("winograd", False) != winograd:
+        if config["winograd"] != winograd:
             raise checks.invalid(
                 "model",
                 f"a model not yet folded, or folded with winograd={winograd}",
-                received=f"a model folded with winograd={config.get('winograd', False)}",
+                received=f"a model folded with winograd={config['winograd']}",
             )
         return model
     with without_initial_values():  # Every weight is set below.
